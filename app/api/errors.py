@@ -1,0 +1,92 @@
+"""Domain errors to HTTP, in one place. No response ever carries a traceback."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
+
+from app import errors
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.TuneforgeError], int] = {
+    errors.InvalidRequest: 422,
+    errors.DatasetInvalid: 422,
+    errors.IdempotencyMismatch: 422,
+    errors.UnsupportedMediaType: 415,
+    errors.PayloadTooLarge: 413,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Unauthorized: 401,
+    errors.RateLimited: 429,
+    errors.ServiceUnavailable: 503,
+}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "invalid_api_key",
+               413: "payload_too_large", 400: "bad_request"}
+
+
+def error_response(status: int, code: str, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"code": code, "message": message, "param": param, "type": kind}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _status_of(exc: errors.TuneforgeError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+async def _domain(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.TuneforgeError)
+    headers = {}
+    if isinstance(exc, errors.RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, errors.Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="tuneforge"'
+    if isinstance(exc, errors.ServiceUnavailable):
+        headers["Retry-After"] = "5"
+    return error_response(_status_of(exc), exc.code, exc.message, exc.param, headers)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query",
+                                                                             "path", "header")]
+    param = ".".join(location) or None
+    message = first.get("msg", "Invalid request.")
+    return error_response(422, "invalid_request", f"{param}: {message}" if param else message,
+                          param)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), None,
+                          dict(exc.headers) if exc.headers else None)
+
+
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return error_response(503, "database_unavailable", "The database is unavailable; retry "
+                          "shortly.", None, {"Retry-After": "5"})
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "The server hit an unexpected error; it has "
+                          "been logged.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(errors.TuneforgeError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,46 @@
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse
+
+from app.api.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.schemas.common import Deleted, ListPage
+from app.schemas.files import FilePublic
+from app.services import files
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.post("", response_model=FilePublic)
+def upload_file(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
+                session: SessionDep, settings: SettingsDep, store: StoreDep,
+                project_id: ProjectDep) -> FilePublic:
+    record = files.create_file(session, settings, store, project_id, file.filename or "upload",
+                               purpose, file.file)
+    return FilePublic.of(record)
+
+
+@router.get("", response_model=ListPage[FilePublic])
+def list_files(session: SessionDep, project_id: ProjectDep) -> ListPage[FilePublic]:
+    return ListPage(data=[FilePublic.of(f) for f in files.list_files(session, project_id)])
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def get_file(file_id: str, session: SessionDep, project_id: ProjectDep) -> FilePublic:
+    return FilePublic.of(files.get_file(session, project_id, file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+def get_file_content(file_id: str, session: SessionDep, store: StoreDep,
+                     project_id: ProjectDep) -> FileResponse:
+    record = files.get_file(session, project_id, file_id)
+    media = "application/jsonl" if record.format == "jsonl" else "text/csv"
+    return FileResponse(store.local_path(record.storage_key), media_type=media,
+                        filename=record.filename)
+
+
+@router.delete("/{file_id}", response_model=Deleted)
+def delete_file(file_id: str, session: SessionDep, store: StoreDep,
+                project_id: ProjectDep) -> Deleted:
+    files.delete_file(session, store, project_id, file_id)
+    return Deleted(id=file_id, object="file")

@@ -1,0 +1,73 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.api.deps import ProjectDep, SendDep, SessionDep, SettingsDep
+from app.schemas.common import ListPage
+from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
+from app.services import jobs, outbox
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+Limit = Annotated[int, Query(ge=1, le=100)]
+JobStatus = Annotated[str | None, Query(pattern="^(validating_files|queued|running|succeeded|"
+                                                 "failed|cancelled|paused)$")]
+
+
+@router.post("", response_model=JobPublic, status_code=201)
+def create_job(body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep,
+               send: SendDep, project_id: ProjectDep,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None
+               ) -> JobPublic:
+    job, created = jobs.create_job(session, settings, project_id,
+                                   body.model_dump(exclude_none=True), idempotency_key)
+    if created:
+        outbox.dispatch(session, job.id, send)
+    else:
+        response.status_code = 200
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=ListPage[JobPublic])
+def list_jobs(session: SessionDep, project_id: ProjectDep, after: str | None = None,
+              limit: Limit = 20, status: JobStatus = None) -> ListPage[JobPublic]:
+    rows, has_more = jobs.list_jobs(session, project_id, after, limit, status)
+    return ListPage.of([JobPublic.of(j) for j in rows], has_more)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
+    return JobPublic.of(jobs.get_job(session, project_id, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
+    return JobPublic.of(jobs.cancel_job(session, project_id, job_id))
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic)
+def pause_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
+    return JobPublic.of(jobs.pause_job(session, project_id, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic)
+def resume_job(job_id: str, session: SessionDep, send: SendDep,
+               project_id: ProjectDep) -> JobPublic:
+    job = jobs.resume_job(session, project_id, job_id)
+    outbox.dispatch(session, job.id, send)
+    return JobPublic.of(job)
+
+
+@router.get("/{job_id}/events", response_model=ListPage[EventPublic])
+def list_events(job_id: str, session: SessionDep, project_id: ProjectDep,
+                after: str | None = None, limit: Limit = 20) -> ListPage[EventPublic]:
+    rows, has_more = jobs.list_events(session, project_id, job_id, after, limit)
+    return ListPage.of([EventPublic.of(e) for e in rows], has_more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
+def list_checkpoints(job_id: str, session: SessionDep, project_id: ProjectDep,
+                     after: str | None = None, limit: Limit = 10
+                     ) -> ListPage[CheckpointPublic]:
+    rows, has_more = jobs.list_checkpoints(session, project_id, job_id, after, limit)
+    return ListPage.of([CheckpointPublic.of(c) for c in rows], has_more)
+

@@ -1,0 +1,83 @@
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import ModelCacheDep, ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.errors import Conflict, NotFound
+from app.ml.base_models import local_base_models
+from app.schemas.common import Deleted, ListPage
+from app.schemas.models import (
+    AliasPublic,
+    AliasUpdate,
+    ModelPublic,
+    RegisteredModelPublic,
+    VersionPublic,
+)
+from app.schemas.predict import PredictRequest
+from app.services import predictions, registry
+
+router = APIRouter(tags=["models"])
+BASE_OWNER = "tuneforge"
+VERSION_HEADER = "X-Tuneforge-Model-Version"
+
+
+def _base_models(settings: SettingsDep) -> list[ModelPublic]:
+    return [ModelPublic(id=m.id, created=0, owned_by=BASE_OWNER)
+            for m in local_base_models(settings.resolved_models_dir).values()]
+
+
+@router.get("/v1/models", response_model=ListPage[ModelPublic])
+def list_models(session: SessionDep, settings: SettingsDep,
+                project_id: ProjectDep) -> ListPage[ModelPublic]:
+    tuned = [ModelPublic.of_version(v) for v in registry.list_versions(session, project_id)]
+    return ListPage.of(_base_models(settings) + tuned)
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelPublic)
+def get_model(model_id: str, session: SessionDep, settings: SettingsDep,
+              project_id: ProjectDep) -> ModelPublic:
+    version = registry.find_version(session, project_id, model_id)
+    if version is not None:
+        return ModelPublic.of_version(version)
+    for base in _base_models(settings):
+        if base.id == model_id:
+            return base
+    raise NotFound(f"No model '{model_id}'.", param="model")
+
+
+@router.delete("/v1/models/{model_id}", response_model=Deleted)
+def delete_model(model_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
+                 cache: ModelCacheDep, project_id: ProjectDep) -> Deleted:
+    if model_id in local_base_models(settings.resolved_models_dir):
+        raise Conflict("Base models are shared and cannot be deleted.", param="model",
+                       code="base_model_not_deletable")
+    version = registry.delete_version(session, store, project_id, model_id)
+    cache.evict(version.storage_key)
+    return Deleted(id=model_id, object="model")
+
+
+@router.post("/v1/models/{model_id}/predict")
+def predict(model_id: str, body: PredictRequest, response: Response, session: SessionDep,
+            settings: SettingsDep, store: StoreDep, cache: ModelCacheDep,
+            project_id: ProjectDep) -> list[Any]:
+    version, outputs = predictions.predict(session, settings, store, cache, project_id,
+                                           model_id, body.as_list(), body.parameter_dict())
+    response.headers[VERSION_HEADER] = version.id
+    return outputs
+
+
+@router.get("/v1/registry/{name}", response_model=RegisteredModelPublic)
+def get_registered_model(name: str, session: SessionDep,
+                         project_id: ProjectDep) -> RegisteredModelPublic:
+    view = registry.registry_view(session, project_id, name)
+    return RegisteredModelPublic(name=view["model"].name,
+                                 created_at=int(view["model"].created_at),
+                                 versions=[VersionPublic.of(v) for v in view["versions"]],
+                                 aliases=view["aliases"])
+
+
+@router.put("/v1/registry/{name}/aliases/{alias}", response_model=AliasPublic)
+def set_alias(name: str, alias: str, body: AliasUpdate, session: SessionDep,
+              project_id: ProjectDep) -> AliasPublic:
+    version = registry.set_alias(session, project_id, name, alias, body.version)
+    return AliasPublic(name=name, alias=alias, version=version.id)

@@ -1,0 +1,129 @@
+"""`tuneforge serve | worker | db upgrade`.
+
+Options are written to TUNEFORGE_* environment variables, so the settings object (and any
+worker subprocess) sees exactly what the command line said.
+"""
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from app.config import get_settings
+
+log = logging.getLogger("tuneforge")
+
+
+def _apply(overrides: dict[str, object]) -> None:
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"TUNEFORGE_{name.upper()}"] = str(value)
+    get_settings.cache_clear()
+
+
+class WorkerSupervisor:
+    """Keeps one worker subprocess alive, restarting it with backoff if it dies."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            # A worker that ran a while before dying gets a quick restart; a crash loop backs off.
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 60.0)
+            log.warning("worker exited with %s; restarting in %.0fs", code, backoff)
+            self._stopping.wait(backoff)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.db.migrate import upgrade_database
+    from app.main import create_app
+
+    _apply({"data_dir": args.data_dir, "host": args.host, "port": args.port})
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings)
+    supervisor = WorkerSupervisor() if not args.no_worker else None
+    if supervisor:
+        supervisor.start()
+    try:
+        uvicorn.run(create_app(), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if supervisor:
+            supervisor.stop()
+
+
+def worker(args: argparse.Namespace) -> None:
+    _apply({"data_dir": args.data_dir})
+    from worker.celery_app import create_celery
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_celery(settings)
+    app.worker_main(["worker", "--loglevel=INFO", "--concurrency=1", "--pool=prefork",
+                     # The filesystem transport has no broadcast; no worker needs gossip here.
+                     "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "-n", f"tuneforge-{os.getpid()}@%h"])
+
+
+def db_upgrade(args: argparse.Namespace) -> None:
+    from app.db.migrate import upgrade_database
+
+    _apply({"data_dir": args.data_dir})
+    upgrade_database(get_settings())
+    print("database is at the latest revision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneforge", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the API and one worker")
+    serve_cmd.add_argument("--host", help="default 127.0.0.1 (TUNEFORGE_HOST)")
+    serve_cmd.add_argument("--port", type=int, help="default 8000 (TUNEFORGE_PORT)")
+    serve_cmd.add_argument("--no-worker", action="store_true",
+                           help="run the API only; workers run elsewhere")
+    serve_cmd.set_defaults(func=serve)
+    worker_cmd = commands.add_parser("worker", help="run a training worker")
+    worker_cmd.set_defaults(func=worker)
+    db_cmd = commands.add_parser("db", help="database maintenance")
+    db_sub = db_cmd.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=db_upgrade)
+    for sub in (serve_cmd, worker_cmd, db_cmd):
+        sub.add_argument("--data-dir", help="default ./tuneforge-data (TUNEFORGE_DATA_DIR)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

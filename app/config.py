@@ -1,0 +1,72 @@
+"""The one settings object. Every option is an environment variable with the TUNEFORGE_ prefix."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="ignore")
+
+    data_dir: Path = Path("./tuneforge-data")
+    # Unset URLs and folders derive from data_dir: the embedded default needs no server.
+    database_url: str | None = None
+    broker_url: str | None = None
+    artifact_dir: Path | None = None
+    models_dir: Path | None = None
+    allow_network: bool = Field(
+        default=False, description="Allow base models given as hub ids to be downloaded."
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Uploads and datasets.
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_line_bytes: int = 1024 * 1024
+    max_rows: int = 2_000_000
+    min_rows: int = 10
+
+    # Prediction.
+    max_predict_inputs: int = 256
+    max_predict_chars: int = 100_000
+    model_cache_size: int = 4
+
+    # Jobs.
+    lease_seconds: int = 90
+    heartbeat_seconds: float = 10.0
+    max_attempts: int = 3
+    dispatch_retry_seconds: float = 30.0
+    sweep_seconds: float = 15.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'tuneforge.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
+
+    @property
+    def broker_folder(self) -> Path:
+        """Queue folder for Celery's filesystem transport (embedded default only)."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,23 @@
+"""Run Alembic migrations from code, so `tuneforge db upgrade` needs no ini file."""
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+from app.config import Settings
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    # '%' is ConfigParser interpolation syntax; URLs may contain it (escaped passwords).
+    config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade_database(settings: Settings) -> None:
+    if settings.resolved_database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(settings), "head")

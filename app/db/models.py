@@ -1,0 +1,144 @@
+"""Tables. The database is the source of truth for every job, file and model version."""
+
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class DatasetFile(Base):
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(8))
+    rows: Mapped[int] = mapped_column(Integer)
+    fields: Mapped[list[Any]] = mapped_column()
+    detected_task: Mapped[str] = mapped_column(String(32))
+    label_counts: Mapped[dict[str, Any]] = mapped_column()
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Server-generated, never derived from a client-supplied value.
+    storage_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class FineTuningJob(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("project_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(32))
+    training_file: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    validation_file: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column()
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200))
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    estimated_finish: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Folder of this job's checkpoints in the artifact store (server-made).
+    artifact_key: Mapped[str] = mapped_column(String(200))
+    # Lease: a worker owns the job while lease_expires_at is in the future.
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    level: Mapped[str] = mapped_column(String(8))
+    type: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step_number"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step_number: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column()
+    storage_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class RegisteredModel(Base):
+    __tablename__ = "registered_models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("project_id", "id"),
+        UniqueConstraint("registered_model_id", "version"),
+    )
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(120))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    registered_model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    # One version per job, enforced by the database: a duplicate delivery cannot register twice.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    base_model: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(32))
+    labels: Mapped[list[Any]] = mapped_column()
+    metrics: Mapped[dict[str, Any]] = mapped_column()
+    lineage: Mapped[dict[str, Any]] = mapped_column()
+    storage_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+
+    registered_model_id: Mapped[int] = mapped_column(
+        ForeignKey("registered_models.id"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_pk: Mapped[int] = mapped_column(ForeignKey("model_versions.pk", ondelete="CASCADE"))
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,58 @@
+"""The task adapter: everything that differs between tasks lives behind this one interface."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Row = dict[str, Any]
+Features = dict[str, Any]
+
+
+class TaskAdapter(ABC):
+    name: str
+    # Key in compute_metrics' output that picks the best checkpoint (higher is better).
+    best_metric: str
+
+    @abstractmethod
+    def matches(self, row: Row) -> bool:
+        """Whether a row has this task's shape (used to detect the task of an upload)."""
+
+    @abstractmethod
+    def validate_row(self, row: Row, line: int) -> Row:
+        """Return the row in canonical form, or raise DatasetInvalid naming line and field."""
+
+    @abstractmethod
+    def validate_dataset(self, rows: Sequence[Row], lines: Sequence[int]) -> None:
+        """Checks that need every row, such as the number of distinct labels.
+
+        `lines[i]` is the file line of `rows[i]`, so errors can name it."""
+
+    @abstractmethod
+    def label_counts(self, rows: Sequence[Row]) -> dict[str, int]: ...
+
+    @abstractmethod
+    def labels(self, rows: Sequence[Row]) -> list[str]:
+        """The model's label set, in a stable order."""
+
+    @abstractmethod
+    def encode(self, rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase,
+               label2id: dict[str, int], max_length: int) -> list[Features]: ...
+
+    @abstractmethod
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any: ...
+
+    @abstractmethod
+    def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
+        """Load weights from a directory (safetensors only); labels given = new head."""
+
+    @abstractmethod
+    def compute_metrics(self, logits: Any, label_ids: Any,
+                        labels: list[str]) -> dict[str, float]: ...
+
+    @abstractmethod
+    def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                inputs: list[str], parameters: dict[str, Any], max_length: int) -> list[Any]:
+        """Run the model and shape the answer in the Hugging Face Inference API format."""

@@ -1,0 +1,35 @@
+"""Which task adapters exist, and which one a dataset's rows call for."""
+
+from app.errors import DatasetInvalid, InvalidRequest
+from app.ml.tasks.base import Row, TaskAdapter
+from app.ml.tasks.classification import TextClassification
+
+TASKS: dict[str, TaskAdapter] = {adapter.name: adapter for adapter in (TextClassification(),)}
+
+# Row shapes the contract names but this release does not train yet; named so the
+# error tells the user what was recognised.
+_KNOWN_SHAPES = (
+    ("token-classification", ("tokens", "tags")),
+    ("token-classification", ("text", "entities")),
+    ("multi-label-classification", ("text", "labels")),
+)
+
+
+def get_task(name: str) -> TaskAdapter:
+    if name not in TASKS:
+        supported = ", ".join(sorted(TASKS))
+        raise InvalidRequest(f"Task '{name}' is not supported; supported tasks: {supported}.",
+                             param="task", code="unsupported_task")
+    return TASKS[name]
+
+
+def detect_task(row: Row, line: int) -> TaskAdapter:
+    for adapter in TASKS.values():
+        if adapter.matches(row):
+            return adapter
+    for name, keys in _KNOWN_SHAPES:
+        if all(key in row for key in keys):
+            raise DatasetInvalid(f"rows look like {name}, which this server does not train yet",
+                                 line=line, code="unsupported_task")
+    raise DatasetInvalid("has no recognised row shape; text classification needs 'text' and "
+                         "'label'", line=line)

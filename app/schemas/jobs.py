@@ -1,0 +1,130 @@
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.db.models import FineTuningJob, JobCheckpoint, JobEvent
+from app.schemas.common import StrictModel
+
+Auto = Literal["auto"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class LoraSettings(StrictModel):
+    r: Annotated[int, Field(ge=1, le=256)] = 8
+    alpha: Annotated[int, Field(ge=1, le=1024)] = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class HyperparametersIn(StrictModel):
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Auto | None = None
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto | None = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_length: Annotated[int, Field(ge=8, le=512)] | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=64)] | None = None
+    eval_steps: Annotated[int, Field(ge=1)] | None = None
+    early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = None
+    lora: LoraSettings | None = None
+
+
+class JobCreate(StrictModel):
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    training_file: Annotated[str, Field(min_length=1, max_length=64)]
+    validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    hyperparameters: HyperparametersIn | None = None
+    suffix: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]],
+                        Field(max_length=16)] | None = None
+    task: Literal["text-classification"] | None = None
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    fraction: float = 0.0
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    model: str
+    status: str
+    fine_tuned_model: str | None
+    created_at: int
+    finished_at: int | None
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    trained_tokens: int | None
+    error: JobError | None
+    seed: int
+    estimated_finish: int | None
+    metadata: dict[str, str] | None
+    organization_id: str
+    result_files: list[str] = []
+    task: str
+    progress: Progress
+    metrics: dict[str, float] | None
+    worker: str | None
+    attempt: int
+
+    @classmethod
+    def of(cls, job: FineTuningJob) -> "JobPublic":
+        def stamp(value: float | None) -> int | None:
+            return int(value) if value is not None else None
+
+        return cls(
+            id=job.id, model=job.model, status=job.status,
+            fine_tuned_model=job.fine_tuned_model, created_at=int(job.created_at),
+            finished_at=stamp(job.finished_at), training_file=job.training_file,
+            validation_file=job.validation_file, hyperparameters=job.hyperparameters,
+            trained_tokens=job.trained_tokens,
+            error=JobError(**job.error) if job.error else None, seed=job.seed,
+            estimated_finish=stamp(job.estimated_finish) if job.status == "running" else None,
+            metadata=job.metadata_, organization_id=job.project_id, task=job.task,
+            progress=Progress(**(job.progress or {})), metrics=job.metrics,
+            worker=job.worker, attempt=job.attempt,
+        )
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> "EventPublic":
+        return cls(id=event.id, created_at=int(event.created_at), level=event.level,
+                   message=event.message, type=event.type, data=event.data)
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float]
+    step_number: int
+
+    @classmethod
+    def of(cls, checkpoint: JobCheckpoint) -> "CheckpointPublic":
+        return cls(id=checkpoint.id, created_at=int(checkpoint.created_at),
+                   fine_tuned_model_checkpoint=f"{checkpoint.job_id}:ckpt-step-"
+                                               f"{checkpoint.step_number}",
+                   fine_tuning_job_id=checkpoint.job_id, metrics=checkpoint.metrics,
+                   step_number=checkpoint.step_number)

@@ -1,0 +1,24 @@
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from app.schemas.common import StrictModel
+
+
+class PredictParameters(StrictModel):
+    top_k: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # Accepted for the Hugging Face API's sake; the text is always truncated to max_length.
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
+    truncation: bool | None = None
+
+
+class PredictRequest(StrictModel):
+    inputs: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[
+        str, Field(min_length=1)]], Field(min_length=1)]
+    parameters: PredictParameters | None = None
+
+    def as_list(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+    def parameter_dict(self) -> dict[str, Any]:
+        return self.parameters.model_dump(exclude_none=True) if self.parameters else {}

@@ -1,0 +1,127 @@
+"""Dataset files: stream to disk, validate every row, then keep (or discard) the whole file."""
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import DatasetFile, FineTuningJob
+from app.errors import Conflict, DatasetInvalid, InvalidRequest, NotFound, PayloadTooLarge
+from app.ids import new_id, now
+from app.ml.datasets import detect_format, read_rows
+from app.ml.tasks.base import Row
+from app.ml.tasks.registry import detect_task, get_task
+from app.storage.artifacts import ArtifactStore
+
+CHUNK = 1024 * 1024
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
+
+
+@dataclass
+class ParsedDataset:
+    format: str
+    task: str
+    rows: list[Row]
+    lines: list[int]
+    fields: list[str]
+
+
+def _spool(stream: BinaryIO, target: Path, limit: int) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with target.open("wb") as out:
+        while chunk := stream.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The file is larger than the {limit}-byte limit.",
+                                      param="file")
+            digest.update(chunk)
+            out.write(chunk)
+    return size, digest.hexdigest()
+
+
+def parse_dataset(path: Path, filename: str, settings: Settings) -> ParsedDataset:
+    with path.open("rb") as handle:
+        fmt = detect_format(filename, handle.read(8))
+    rows: list[Row] = []
+    lines: list[int] = []
+    fields: dict[str, None] = {}
+    adapter = None
+    for line, raw in read_rows(path, fmt, settings.max_line_bytes):
+        adapter = adapter or detect_task(raw, line)
+        fields.update(dict.fromkeys(raw))
+        rows.append(adapter.validate_row(raw, line))
+        lines.append(line)
+        if len(rows) > settings.max_rows:
+            raise DatasetInvalid(f"the file has more than {settings.max_rows} rows", line=line)
+    if adapter is None:
+        raise DatasetInvalid("the file has no rows", code="dataset_empty")
+    if len(rows) < settings.min_rows:
+        raise DatasetInvalid(f"the file has {len(rows)} rows; at least {settings.min_rows} are "
+                             "needed", code="dataset_too_small")
+    adapter.validate_dataset(rows, lines)
+    return ParsedDataset(fmt, adapter.name, rows, lines, list(fields))
+
+
+def create_file(session: Session, settings: Settings, store: ArtifactStore, project_id: str,
+                filename: str, purpose: str, stream: BinaryIO) -> DatasetFile:
+    if purpose != "fine-tune":
+        raise InvalidRequest("purpose must be 'fine-tune'.", param="purpose")
+    display_name = _SAFE_NAME.sub("_", filename or "upload")[-255:]
+    spool_dir = store.local_path("tmp")
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=spool_dir, delete=False) as tmp:
+        spool = Path(tmp.name)
+    try:
+        size, sha256 = _spool(stream, spool, settings.max_upload_bytes)
+        parsed = parse_dataset(spool, display_name, settings)
+        key = store.new_key("files")
+        store.put_file(spool, key)
+    finally:
+        spool.unlink(missing_ok=True)  # whatever failed, no half-written file stays behind
+    record = DatasetFile(
+        id=new_id("file"), project_id=project_id, filename=display_name, purpose=purpose,
+        bytes=size, format=parsed.format, rows=len(parsed.rows), fields=parsed.fields,
+        detected_task=parsed.task, label_counts=get_task(parsed.task).label_counts(parsed.rows),
+        sha256=sha256, storage_key=key, created_at=now(),
+    )
+    session.add(record)
+    session.commit()
+    return record
+
+
+def get_file(session: Session, project_id: str, file_id: str) -> DatasetFile:
+    record = session.scalar(select(DatasetFile).where(
+        DatasetFile.id == file_id, DatasetFile.project_id == project_id))
+    if record is None:
+        raise NotFound(f"No file with id '{file_id}'.", param="file_id")
+    return record
+
+
+def list_files(session: Session, project_id: str) -> Iterable[DatasetFile]:
+    return session.scalars(select(DatasetFile).where(DatasetFile.project_id == project_id)
+                           .order_by(DatasetFile.created_at.desc()))
+
+
+def delete_file(session: Session, store: ArtifactStore, project_id: str, file_id: str) -> None:
+    record = get_file(session, project_id, file_id)
+    user = session.scalar(select(FineTuningJob.id).where(
+        (FineTuningJob.training_file == file_id) | (FineTuningJob.validation_file == file_id)))
+    if user is not None:
+        raise Conflict(f"File '{file_id}' is used by job '{user}'; its lineage needs it.",
+                       param="file_id", code="file_in_use")
+    session.delete(record)
+    session.commit()
+    store.delete(record.storage_key)
+
+
+def load_rows(store: ArtifactStore, settings: Settings, record: DatasetFile) -> list[Row]:
+    """Rows in canonical form, for training; the file was fully validated at upload."""
+    return parse_dataset(store.local_path(record.storage_key), record.filename, settings).rows

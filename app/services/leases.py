@@ -1,0 +1,90 @@
+"""A worker's claim on a job: a conditional update, renewed by heartbeats, fenced by attempt."""
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from app.config import Settings
+from app.db.models import FineTuningJob
+from app.db.session import session_scope
+from app.ids import now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+
+
+def claim_job(settings: Settings, job_id: str, worker: str) -> Claim | None:
+    """Take the job if it is queued (or running with an expired lease). None: not ours."""
+    moment = now()
+    with session_scope(settings) as session:
+        result = session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id,
+                   FineTuningJob.status.in_(("queued", "running")),
+                   FineTuningJob.cancel_requested.is_(False),
+                   (FineTuningJob.lease_expires_at.is_(None))
+                   | (FineTuningJob.lease_expires_at < moment))
+            .values(status="running", worker=worker, attempt=FineTuningJob.attempt + 1,
+                    lease_expires_at=moment + settings.lease_seconds)
+            .execution_options(synchronize_session=False))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        attempt = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id))
+    return Claim(job_id, int(attempt or 0))
+
+
+class Heartbeat:
+    """Renews the lease in the background and reads the job's stop flags.
+
+    The training loop only reads `stop_reason`, so a step never waits on the database.
+    """
+
+    def __init__(self, settings: Settings, claim: Claim):
+        self.settings = settings
+        self.claim = claim
+        self.stop_reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        with session_scope(self.settings) as session:
+            renewed = session.execute(
+                update(FineTuningJob)
+                .where(FineTuningJob.id == self.claim.job_id,
+                       FineTuningJob.attempt == self.claim.attempt,
+                       FineTuningJob.status == "running")
+                .values(lease_expires_at=now() + self.settings.lease_seconds)
+                .execution_options(synchronize_session=False))
+            flags = session.execute(select(FineTuningJob.cancel_requested,
+                                           FineTuningJob.pause_requested)
+                                    .where(FineTuningJob.id == self.claim.job_id)).one()
+        if renewed.rowcount != 1:  # type: ignore[attr-defined]
+            # Another attempt owns the job now (fencing): stop without writing anything.
+            self.stop_reason = "lost"
+        elif flags.cancel_requested:
+            self.stop_reason = "cancel"
+        elif flags.pause_requested:
+            self.stop_reason = "pause"
+
+    def _run(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_seconds):
+            try:
+                self.beat()
+            except Exception:  # a database blip must not kill training; the lease has slack
+                log.warning("heartbeat for %s failed; will retry", self.claim.job_id,
+                            exc_info=True)

@@ -1,0 +1,158 @@
+"""The model registry: named models, immutable numbered versions, movable aliases."""
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import DatasetFile, FineTuningJob, ModelAlias, ModelVersion, RegisteredModel
+from app.errors import Conflict, InvalidRequest, ModelNotReady, NotFound
+from app.ids import now
+from app.storage.artifacts import ArtifactStore
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VERSION_ID = re.compile(r"^ft:(?P<name>[^:@]+):v(?P<version>\d+)$")
+
+
+def version_id(name: str, version: int) -> str:
+    return f"ft:{name}:v{version}"
+
+
+def derived_name(job: FineTuningJob, training_filename: str) -> str:
+    """The model name when the job gave no suffix: the training file's name, made safe."""
+    if job.suffix:
+        return job.suffix
+    stem = Path(training_filename).stem
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "model"
+    return slug[:64]
+
+
+def _registered(session: Session, project_id: str, name: str) -> RegisteredModel | None:
+    return session.scalar(select(RegisteredModel).where(
+        RegisteredModel.project_id == project_id, RegisteredModel.name == name))
+
+
+def find_version(session: Session, project_id: str, ref: str) -> ModelVersion | None:
+    """A version by id (`ft:name:vN`), `name@alias`, or `name` (the latest version)."""
+    base = select(ModelVersion).where(ModelVersion.project_id == project_id)
+    if _VERSION_ID.match(ref):
+        return session.scalar(base.where(ModelVersion.id == ref))
+    name, _, alias = ref.partition("@")
+    model = _registered(session, project_id, name)
+    if model is None:
+        return None
+    if alias:
+        return session.scalar(base.join(ModelAlias, ModelAlias.version_pk == ModelVersion.pk)
+                              .where(ModelAlias.registered_model_id == model.id,
+                                     ModelAlias.alias == alias))
+    return session.scalar(base.where(ModelVersion.registered_model_id == model.id)
+                          .order_by(ModelVersion.version.desc()).limit(1))
+
+
+def resolve_version(session: Session, project_id: str, ref: str) -> ModelVersion:
+    version = find_version(session, project_id, ref)
+    if version is not None:
+        return version
+    training = session.scalar(select(FineTuningJob.id).where(
+        FineTuningJob.project_id == project_id, FineTuningJob.suffix == ref.partition("@")[0],
+        FineTuningJob.status.in_(("queued", "running", "paused"))))
+    if training is not None:
+        raise ModelNotReady(f"Model '{ref}' is still being trained by job '{training}'.",
+                            param="model")
+    raise NotFound(f"No model '{ref}'.", param="model")
+
+
+def register_version(session: Session, store: ArtifactStore, job: FineTuningJob,
+                     checkpoint: Path, labels: list[str], metrics: dict[str, Any],
+                     base_model: str) -> ModelVersion:
+    files = {f.id: f for f in session.scalars(select(DatasetFile).where(
+        DatasetFile.id.in_([job.training_file, job.validation_file])))}
+    name = derived_name(job, files[job.training_file].filename)
+    model = _registered(session, job.project_id, name)
+    if model is None:
+        model = RegisteredModel(project_id=job.project_id, name=name, created_at=now())
+        session.add(model)
+        session.flush()
+    number = (session.scalar(select(func.max(ModelVersion.version)).where(
+        ModelVersion.registered_model_id == model.id)) or 0) + 1
+    key = store.new_key("models")
+    store.put_tree(checkpoint, key)
+    version = ModelVersion(
+        id=version_id(name, number), project_id=job.project_id, registered_model_id=model.id,
+        version=number, job_id=job.id, base_model=base_model, task=job.task, labels=labels,
+        metrics=metrics, storage_key=key, created_at=now(),
+        lineage={
+            "base_model": job.model, "job": job.id, "hyperparameters": job.hyperparameters,
+            "seed": job.seed,
+            "files": [{"id": f.id, "filename": f.filename, "sha256": f.sha256, "rows": f.rows}
+                      for f in files.values()],
+        },
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def list_versions(session: Session, project_id: str) -> Sequence[ModelVersion]:
+    return session.scalars(select(ModelVersion).where(ModelVersion.project_id == project_id)
+                           .order_by(ModelVersion.created_at)).all()
+
+
+def registry_view(session: Session, project_id: str, name: str) -> dict[str, Any]:
+    model = _registered(session, project_id, name)
+    if model is None:
+        raise NotFound(f"No registered model '{name}'.", param="name")
+    versions = session.scalars(select(ModelVersion).where(
+        ModelVersion.registered_model_id == model.id).order_by(ModelVersion.version)).all()
+    aliases = session.execute(select(ModelAlias.alias, ModelVersion.id).join(
+        ModelVersion, ModelAlias.version_pk == ModelVersion.pk).where(
+        ModelAlias.registered_model_id == model.id)).all()
+    return {"model": model, "versions": versions, "aliases": dict(aliases)}
+
+
+def _as_version_id(name: str, ref: str) -> str:
+    """Alias targets may be written `ft:name:v2`, `v2` or `2`."""
+    number = ref.removeprefix("v")
+    return version_id(name, int(number)) if number.isdigit() else ref
+
+
+def set_alias(session: Session, project_id: str, name: str, alias: str,
+              ref: str) -> ModelVersion:
+    if not NAME.match(alias) or alias.startswith("v") and alias[1:].isdigit():
+        raise InvalidRequest("Alias names use letters, digits, '_', '.', '-' and may not look "
+                             "like a version (v1).", param="alias")
+    model = _registered(session, project_id, name)
+    if model is None:
+        raise NotFound(f"No registered model '{name}'.", param="name")
+    target = find_version(session, project_id, _as_version_id(name, ref))
+    if target is None or target.registered_model_id != model.id:
+        raise NotFound(f"Model '{name}' has no version '{ref}'.", param="version")
+    row = session.get(ModelAlias, (model.id, alias))
+    if row is None:
+        row = ModelAlias(registered_model_id=model.id, alias=alias, version_pk=target.pk,
+                         updated_at=now())
+        session.add(row)
+    else:
+        row.version_pk, row.updated_at = target.pk, now()
+    session.commit()
+    return target
+
+
+def delete_version(session: Session, store: ArtifactStore, project_id: str,
+                   ref: str) -> ModelVersion:
+    version = session.scalar(select(ModelVersion).where(
+        ModelVersion.project_id == project_id, ModelVersion.id == ref))
+    if version is None:
+        if find_version(session, project_id, ref) is not None:
+            raise Conflict("Delete a specific version id (ft:name:vN), not a name or alias.",
+                           param="model")
+        raise NotFound(f"No fine-tuned model '{ref}'.", param="model")
+    for alias in session.scalars(select(ModelAlias).where(ModelAlias.version_pk == version.pk)):
+        session.delete(alias)
+    session.delete(version)
+    session.commit()
+    store.delete(version.storage_key)
+    return version

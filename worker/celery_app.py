@@ -1,0 +1,61 @@
+"""The Celery app. The broker carries job ids only; the database holds every job's state."""
+
+from celery import Celery
+
+from app.config import Settings, get_settings
+
+TRAIN_TASK = "tuneforge.train_job"
+# Longest a single job may run; the broker's redelivery timeout must exceed it, or a
+# long job would be handed to a second worker while the first still trains it.
+MAX_JOB_SECONDS = 24 * 3600
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("tuneforge", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    transport: dict[str, object] = {"visibility_timeout": MAX_JOB_SECONDS + 3600}
+    if settings.is_embedded:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport |= {"data_folder_in": str(folder / "queue"),
+                      "data_folder_out": str(folder / "queue"),
+                      "processed_folder": str(folder / "processed"),
+                      "store_processed": False}
+    app.conf.update(
+        # JSON only: nothing on the wire is ever unpickled.
+        task_serializer="json", accept_content=["json"], result_serializer="json",
+        # State lives in SQL; a result backend would be a second, weaker source of truth.
+        task_ignore_result=True,
+        # Ack after the task ends, so a worker that dies mid-job leaves the message to redeliver.
+        task_acks_late=True,
+        # A child killed by the OOM killer or SIGKILL re-queues; the attempt cap in the DB
+        # stops a poison job from looping forever.
+        task_reject_on_worker_lost=True,
+        # A Python exception is recorded as a failed job in the DB: final, never redelivered.
+        task_acks_on_failure_or_timeout=True,
+        # Reserve nothing beyond the job being trained; others stay free for other workers.
+        worker_prefetch_multiplier=1,
+        # A fresh process per job returns all memory a training run took.
+        worker_max_tasks_per_child=1,
+        task_time_limit=MAX_JOB_SECONDS,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        # After losing Redis, stop running tasks: the redelivered message resumes from a
+        # checkpoint, and the DB lease stops two trainers running at once.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def broker_reachable(app: Celery) -> bool:
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception:
+        return False
+
+
+# The module-level app that `celery -A worker.celery_app` and `tuneforge worker` run.
+celery = create_celery(get_settings())
