@@ -57,12 +57,20 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query",
-                                                                             "path", "header")]
+    location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
     param = ".".join(location) or None
     message = first.get("msg", "Invalid request.")
     return error_response(422, "invalid_request", f"{param}: {message}" if param else message,
                           param)
+
+
+def _is_field(part: object) -> bool:
+    """Field names and list indexes, not pydantic's union-member tags or the request part."""
+    if isinstance(part, int):
+        return True
+    text = str(part)
+    return text.isidentifier() and text not in ("body", "query", "path", "header", "str",
+                                                "int", "float", "list", "dict", "bool")
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:

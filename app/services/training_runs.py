@@ -151,11 +151,12 @@ def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob
     strip_resume_state(prepared.plan.output_dir)
     metrics = {**result.best_metrics, "train_runtime_s": round(result.train_runtime_s, 3),
                "train_samples_per_s": round(result.train_samples_per_s, 2)}
+    # Lineage records the values training used, "auto" resolved.
+    job.hyperparameters = prepared.plan.hyperparameters.as_dict()
     version = registry.register_version(session, store, job, result.best_checkpoint,
                                         prepared.plan.labels, metrics, prepared.base_model_ref)
     job.status, job.finished_at, job.fine_tuned_model = "succeeded", now(), version.id
     job.metrics, job.trained_tokens = metrics, result.trained_tokens
-    job.hyperparameters = prepared.plan.hyperparameters.as_dict()
     record_event(session, job.id, f"Job succeeded: registered {version.id} "
                  f"({prepared.plan.task.best_metric} "
                  f"{result.best_metrics.get(prepared.plan.task.best_metric, 0):.4f}).")
