@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 log = logging.getLogger("tuneforge")
 
@@ -68,6 +68,7 @@ def serve(args: argparse.Namespace) -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings)
+    _bootstrap_key(settings)
     supervisor = WorkerSupervisor() if not args.no_worker else None
     if supervisor:
         supervisor.start()
@@ -76,6 +77,60 @@ def serve(args: argparse.Namespace) -> None:
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def _bootstrap_key(settings: Settings) -> None:
+    from app.db.session import session_scope
+    from app.services.keys import ADMIN_KEY_FILE, bootstrap_admin_key
+
+    with session_scope(settings) as session:
+        key = bootstrap_admin_key(session, settings)
+    if key:
+        # Shown once, here, on the terminal of whoever started the service.
+        print(f"Admin key for the default project (also in "
+              f"{settings.data_dir / ADMIN_KEY_FILE}, mode 0600):\n{key}", flush=True)
+
+
+def _database_ready(args: argparse.Namespace) -> Settings:
+    from app.db.migrate import upgrade_database
+
+    _apply({"data_dir": args.data_dir})
+    settings = get_settings()
+    upgrade_database(settings)
+    return settings
+
+
+def keys_create(args: argparse.Namespace) -> None:
+    from app.db.session import session_scope
+    from app.services.keys import create_key
+
+    with session_scope(_database_ready(args)) as session:
+        record, key = create_key(session, args.project, args.admin)
+        print(f"created key {record.id} for project '{args.project}'"
+              f"{' (admin)' if record.admin else ''}; it is shown once:")
+    print(key)  # alone on the last line, so scripts can capture it
+
+
+def keys_list(args: argparse.Namespace) -> None:
+    from app.db.models import Project
+    from app.db.session import session_scope
+    from app.services.keys import list_keys
+
+    with session_scope(_database_ready(args)) as session:
+        names = {p.id: p.name for p in session.query(Project)}
+        for record in list_keys(session):
+            state = "revoked" if record.revoked_at else "active"
+            print(f"{record.id}  {record.prefix}…  project={names.get(record.project_id)}  "
+                  f"{'admin  ' if record.admin else ''}{state}")
+
+
+def keys_revoke(args: argparse.Namespace) -> None:
+    from app.db.session import session_scope
+    from app.services.keys import revoke_key
+
+    with session_scope(_database_ready(args)) as session:
+        revoke_key(session, args.key_id)
+    print(f"revoked {args.key_id}")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -92,29 +147,40 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def db_upgrade(args: argparse.Namespace) -> None:
-    from app.db.migrate import upgrade_database
-
-    _apply({"data_dir": args.data_dir})
-    upgrade_database(get_settings())
+    _database_ready(args)
     print("database is at the latest revision")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="default ./tuneforge-data (TUNEFORGE_DATA_DIR)")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the API and one worker")
+    serve_cmd = commands.add_parser("serve", help="run the API and one worker",
+                                    parents=[common])
     serve_cmd.add_argument("--host", help="default 127.0.0.1 (TUNEFORGE_HOST)")
     serve_cmd.add_argument("--port", type=int, help="default 8000 (TUNEFORGE_PORT)")
     serve_cmd.add_argument("--no-worker", action="store_true",
                            help="run the API only; workers run elsewhere")
     serve_cmd.set_defaults(func=serve)
-    worker_cmd = commands.add_parser("worker", help="run a training worker")
+    worker_cmd = commands.add_parser("worker", help="run a training worker", parents=[common])
     worker_cmd.set_defaults(func=worker)
     db_cmd = commands.add_parser("db", help="database maintenance")
     db_sub = db_cmd.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=db_upgrade)
-    for sub in (serve_cmd, worker_cmd, db_cmd):
-        sub.add_argument("--data-dir", help="default ./tuneforge-data (TUNEFORGE_DATA_DIR)")
+    db_sub.add_parser("upgrade", help="apply migrations", parents=[common]).set_defaults(
+        func=db_upgrade)
+    keys_cmd = commands.add_parser("keys", help="API keys")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    create_cmd = keys_sub.add_parser("create", help="make a key; printed once, last line",
+                                     parents=[common])
+    create_cmd.add_argument("--project", required=True, help="project name (made if new)")
+    create_cmd.add_argument("--admin", action="store_true", help="may manage keys")
+    create_cmd.set_defaults(func=keys_create)
+    keys_sub.add_parser("list", help="list keys (never the keys themselves)",
+                        parents=[common]).set_defaults(func=keys_list)
+    revoke_cmd = keys_sub.add_parser("revoke", help="revoke a key by id", parents=[common])
+    revoke_cmd.add_argument("key_id")
+    revoke_cmd.set_defaults(func=keys_revoke)
     return parser
 
 

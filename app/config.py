@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,15 @@ class Settings(BaseSettings):
     allow_network: bool = Field(
         default=False, description="Allow base models given as hub ids to be downloaded."
     )
+
+    # Made the default project's admin key on start, if no key has that value yet.
+    bootstrap_key: SecretStr | None = None
+    rate_limit_per_minute: int = 600
+    # Where per-key rate-limit counters live; defaults to the broker when that is Redis,
+    # so every API process shares them. Unset with a non-Redis broker: in-process counters.
+    rate_limit_url: str | None = None
+    max_active_jobs_per_project: int = 8
+    max_request_bytes: int = 4 * 1024 * 1024
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -61,6 +70,13 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Queue folder for Celery's filesystem transport (embedded default only)."""
         return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_rate_limit_url(self) -> str | None:
+        if self.rate_limit_url:
+            return self.rate_limit_url
+        broker = self.resolved_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else None
 
     @property
     def is_embedded(self) -> bool:

@@ -67,6 +67,10 @@ class Unauthorized(TuneforgeError):
     code = "invalid_api_key"
 
 
+class Forbidden(TuneforgeError):
+    code = "permission_denied"
+
+
 class RateLimited(TuneforgeError):
     code = "rate_limit_exceeded"
 

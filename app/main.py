@@ -4,15 +4,18 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from app.api import files, health, jobs, models
+from app.api import admin, files, health, jobs, models
+from app.api.deps import get_principal
 from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
 from app.config import get_settings
 from app.db.session import session_scope
 from app.ml.inference import ModelCache
+from app.services.keys import bootstrap_admin_key
 from app.services.outbox import Sweeper
-from app.services.projects import DEFAULT_PROJECT, ensure_project
+from app.services.ratelimit import rate_limiter
 from app.storage.artifacts import artifact_store
 from worker.celery_app import TRAIN_TASK, broker_reachable, create_celery
 
@@ -31,8 +34,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.send = send
     app.state.broker_ok = lambda: broker_reachable(celery)
+    app.state.rate_limiter = rate_limiter(settings)
     with session_scope(settings) as session:
-        app.state.default_project_id = ensure_project(session, DEFAULT_PROJECT).id
+        bootstrap_admin_key(session, settings)
     sweeper = Sweeper(settings, send, settings.sweep_seconds)
     sweeper.start()
     try:
@@ -45,6 +49,9 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Tuneforge", version="0.1.0", lifespan=lifespan,
                   description="Fine-tune and serve transformer models on your own text.")
     install_error_handlers(app)
-    for router in (health.router, files.router, jobs.router, models.router):
-        app.include_router(router)
+    app.add_middleware(BodySizeLimit, settings=get_settings())
+    app.include_router(health.router)
+    # Every other route needs a key; declared here once so no route can forget it.
+    for router in (files.router, jobs.router, models.router, admin.router):
+        app.include_router(router, dependencies=[Depends(get_principal)])
     return app

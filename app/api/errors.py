@@ -21,6 +21,7 @@ STATUS: dict[type[errors.TuneforgeError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.RateLimited: 429,
     errors.ServiceUnavailable: 503,
 }

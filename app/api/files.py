@@ -1,9 +1,11 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.errors import InvalidRequest
 from app.schemas.common import Deleted, ListPage
 from app.schemas.files import FilePublic
 from app.services import files
@@ -11,12 +13,21 @@ from app.services import files
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
+UPLOAD_FIELDS = {"file", "purpose"}
+
+
 @router.post("", response_model=FilePublic)
-def upload_file(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
-                session: SessionDep, settings: SettingsDep, store: StoreDep,
-                project_id: ProjectDep) -> FilePublic:
-    record = files.create_file(session, settings, store, project_id, file.filename or "upload",
-                               purpose, file.file)
+async def upload_file(request: Request, file: Annotated[UploadFile, File()],
+                      purpose: Annotated[str, Form()], session: SessionDep,
+                      settings: SettingsDep, store: StoreDep,
+                      project_id: ProjectDep) -> FilePublic:
+    unknown = set((await request.form()).keys()) - UPLOAD_FIELDS
+    if unknown:
+        raise InvalidRequest(f"Unknown form field(s): {', '.join(sorted(unknown))}.",
+                             param=sorted(unknown)[0], code="unknown_field")
+    # Parsing and validating every row is CPU work: keep it off the event loop.
+    record = await run_in_threadpool(files.create_file, session, settings, store, project_id,
+                                     file.filename or "upload", purpose, file.file)
     return FilePublic.of(record)
 
 

@@ -50,9 +50,9 @@ def pause_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPu
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic)
-def resume_job(job_id: str, session: SessionDep, send: SendDep,
+def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, send: SendDep,
                project_id: ProjectDep) -> JobPublic:
-    job = jobs.resume_job(session, project_id, job_id)
+    job = jobs.resume_job(session, settings, project_id, job_id)
     outbox.dispatch(session, job.id, send)
     return JobPublic.of(job)
 

@@ -18,6 +18,20 @@ class Project(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    # SHA-256 of the key: keys are 256-bit random, so a fast hash is enough and the
+    # plaintext is never stored. The prefix lets people tell their keys apart.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+
+
 class DatasetFile(Base):
     __tablename__ = "files"
 

@@ -6,12 +6,18 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import FineTuningJob, JobCheckpoint, JobEvent
-from app.errors import IdempotencyMismatch, InvalidRequest, JobNotCancellable, NotFound
+from app.errors import (
+    IdempotencyMismatch,
+    InvalidRequest,
+    JobNotCancellable,
+    NotFound,
+    RateLimited,
+)
 from app.ids import new_id, now
 from app.ml.base_models import resolve_base_model
 from app.ml.tasks.registry import get_task
@@ -39,6 +45,14 @@ def _check_base_model(session: Session, settings: Settings, project_id: str, mod
     resolve_base_model(model, settings.resolved_models_dir, settings.allow_network)
 
 
+def _check_capacity(session: Session, settings: Settings, project_id: str) -> None:
+    active = session.scalar(select(func.count()).select_from(FineTuningJob).where(
+        FineTuningJob.project_id == project_id, FineTuningJob.status.in_(ACTIVE))) or 0
+    if active >= settings.max_active_jobs_per_project:
+        raise RateLimited(f"The project already has {active} queued or running jobs (limit "
+                          f"{settings.max_active_jobs_per_project}).", retry_after=60)
+
+
 def create_job(session: Session, settings: Settings, project_id: str, body: dict[str, Any],
                idempotency_key: str | None) -> tuple[FineTuningJob, bool]:
     """Create a queued job, or return the one this idempotency key made. True if new."""
@@ -52,6 +66,7 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
                 raise IdempotencyMismatch("This Idempotency-Key was used with a different "
                                           "request body.", param="Idempotency-Key")
             return existing, False
+    _check_capacity(session, settings, project_id)
     training = get_file(session, project_id, body["training_file"])
     validation = (get_file(session, project_id, body["validation_file"])
                   if body.get("validation_file") else None)
@@ -135,11 +150,13 @@ def pause_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
     return job
 
 
-def resume_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
+def resume_job(session: Session, settings: Settings, project_id: str,
+               job_id: str) -> FineTuningJob:
     job = get_job(session, project_id, job_id)
     if job.status != "paused":
         raise JobNotCancellable(f"Job '{job_id}' is {job.status}, not paused.",
                                 param="fine_tuning_job_id", code="job_not_paused")
+    _check_capacity(session, settings, project_id)
     job.status, job.pause_requested, job.dispatched_at = "queued", False, None
     record_event(session, job.id, "Job resumed; it continues from its last checkpoint.")
     session.commit()

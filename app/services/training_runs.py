@@ -162,6 +162,14 @@ def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob
                  f"{result.best_metrics.get(prepared.plan.task.best_metric, 0):.4f}).")
 
 
+def _public_message(settings: Settings, exc: Exception) -> str:
+    """The failure as users see it: no server paths."""
+    message = f"{type(exc).__name__}: {exc}"
+    for path in (settings.resolved_artifact_dir, settings.data_dir.resolve()):
+        message = message.replace(str(path), "<data>")
+    return message[:500]
+
+
 def run_job(settings: Settings, job_id: str, worker: str) -> None:
     claim = claim_job(settings, job_id, worker)
     if claim is None:
@@ -185,4 +193,4 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
         _record_outcome(settings, store, claim, prepared, result)
     except Exception as exc:  # the job, not the worker, failed: record why and move on
         log.exception("job %s failed", job_id)
-        _fail(settings, claim, "training_failed", f"{type(exc).__name__}: {exc}"[:500])
+        _fail(settings, claim, "training_failed", _public_message(settings, exc))
