@@ -24,7 +24,8 @@ class _Sentinel:
 
 
 def test_service_code_never_unpickles_or_runs_remote_code() -> None:
-    sources = {p: p.read_text() for folder in ("app", "worker") for p in (REPO / folder).rglob("*.py")}
+    sources = {p: p.read_text() for folder in ("app", "worker")
+               for p in (REPO / folder).rglob("*.py")}
     for path, source in sources.items():
         assert not re.search(r"trust_remote_code\s*=\s*True", source), path
         assert not re.search(r"pickle\.loads?\(", source), path
