@@ -15,11 +15,13 @@ def create_celery(settings: Settings) -> Celery:
     transport: dict[str, object] = {"visibility_timeout": MAX_JOB_SECONDS + 3600}
     if settings.is_embedded:
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport |= {"data_folder_in": str(folder / "queue"),
                       "data_folder_out": str(folder / "queue"),
                       "processed_folder": str(folder / "processed"),
+                      # Without this, control messages land in ./control of the cwd.
+                      "control_folder": str(folder / "control"),
                       "store_processed": False}
     app.conf.update(
         # JSON only: nothing on the wire is ever unpickled.
