@@ -140,7 +140,9 @@ def worker(args: argparse.Namespace) -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_celery(settings)
-    app.worker_main(["worker", "--loglevel=INFO", "--concurrency=1", "--pool=prefork",
+    # One job at a time, in this process (solo pool): SIGTERM reaches the training loop
+    # directly, so the job checkpoints and re-queues. Scale with more worker processes.
+    app.worker_main(["worker", "--loglevel=INFO", "--pool=solo",
                      # The filesystem transport has no broadcast; no worker needs gossip here.
                      "--without-gossip", "--without-mingle", "--without-heartbeat",
                      "-n", f"tuneforge-{os.getpid()}@%h"])

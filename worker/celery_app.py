@@ -1,6 +1,7 @@
 """The Celery app. The broker carries job ids only; the database holds every job's state."""
 
 from celery import Celery
+from celery.signals import worker_shutting_down
 
 from app.config import Settings, get_settings
 
@@ -30,14 +31,15 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         # Ack after the task ends, so a worker that dies mid-job leaves the message to redeliver.
         task_acks_late=True,
-        # A child killed by the OOM killer or SIGKILL re-queues; the attempt cap in the DB
-        # stops a poison job from looping forever.
+        # Under a prefork pool, a child killed by the OOM killer or SIGKILL re-queues; the
+        # lost-attempt cap in the DB stops a poison job from looping forever.
         task_reject_on_worker_lost=True,
         # A Python exception is recorded as a failed job in the DB: final, never redelivered.
         task_acks_on_failure_or_timeout=True,
         # Reserve nothing beyond the job being trained; others stay free for other workers.
         worker_prefetch_multiplier=1,
-        # A fresh process per job returns all memory a training run took.
+        # If run with a prefork pool: a fresh process per job returns all the memory a
+        # training run took. (`tuneforge worker` uses the solo pool; see app/cli.py.)
         worker_max_tasks_per_child=1,
         task_time_limit=MAX_JOB_SECONDS,
         broker_transport_options=transport,
@@ -48,6 +50,15 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+@worker_shutting_down.connect
+def _drain_on_shutdown(**_: object) -> None:
+    # SIGTERM: the running job checkpoints at the next step and goes back to the queue,
+    # instead of the worker either waiting an hour or dying mid-step.
+    from app.services.leases import WORKER_DRAINING
+
+    WORKER_DRAINING.set()
 
 
 def broker_reachable(app: Celery) -> bool:

@@ -81,7 +81,10 @@ class FineTuningJob(Base):
     artifact_key: Mapped[str] = mapped_column(String(200))
     # Lease: a worker owns the job while lease_expires_at is in the future.
     worker: Mapped[str | None] = mapped_column(String(200))
+    # Every claim is a new attempt (the fencing token); attempts whose worker vanished
+    # without recording an outcome are counted apart, for the poison-job cap.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lost_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     dispatched_at: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

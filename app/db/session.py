@@ -1,14 +1,20 @@
 """Engine and sessions. One engine per process, built from the settings."""
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _make_sqlite_concurrent(engine: Engine) -> None:
@@ -35,6 +41,27 @@ def engine_for(url: str) -> Engine:
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:
     return sessionmaker(engine_for(settings.resolved_database_url), expire_on_commit=False)
+
+
+def retry_on_outage(settings: Settings, work: Callable[[Session], T], *,
+                    give_up_after: float, what: str) -> T:
+    """Run `work` in its own session, retrying while the database is unreachable.
+
+    A worker mid-training outlives a database restart: it keeps training and writes its
+    state once the database is back, instead of failing a job that is fine.
+    """
+    deadline = time.monotonic() + give_up_after
+    delay = 0.5
+    while True:
+        try:
+            with session_scope(settings) as session:
+                return work(session)
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable while %s; retrying in %.1fs", what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @contextmanager

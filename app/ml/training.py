@@ -25,8 +25,8 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
+from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters
 from app.ml.tasks.base import Row, TaskAdapter
 
@@ -110,8 +110,8 @@ class _ServiceCallback(TrainerCallback):
         if reason:
             self.stop_reason = reason
             control.should_training_stop = True
-            # Pausing keeps the work done so far: write a checkpoint before stopping.
-            control.should_save = reason == "pause"
+            # Pausing or handing the job back keeps the work done so far: checkpoint first.
+            control.should_save = reason in ("pause", "requeue")
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:
@@ -142,6 +142,7 @@ class _ServiceCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
         directory = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        write_manifest(directory)  # last: only now is the checkpoint whole
         metrics = self.eval_by_step.get(state.global_step, {})
         self.observer.on_checkpoint(state.global_step, state.epoch or 0.0, metrics, directory)
 
@@ -241,11 +242,9 @@ def _metrics(plan: TrainingPlan, prediction: EvalPrediction) -> dict[str, float]
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete checkpoint; a torn one (no trainer state yet) is skipped."""
-    if not output_dir.is_dir():
-        return None
-    last: str | None = get_last_checkpoint(str(output_dir))
-    return last
+    """The newest complete checkpoint; a torn one (killed mid-write) is skipped."""
+    latest = latest_complete_checkpoint(output_dir)
+    return str(latest) if latest else None
 
 
 def strip_resume_state(output_dir: Path) -> None:

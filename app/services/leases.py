@@ -13,6 +13,10 @@ from app.ids import now
 
 log = logging.getLogger(__name__)
 
+# Set when the worker is asked to shut down (SIGTERM): the running job checkpoints,
+# goes back to the queue, and the worker exits without losing the work done.
+WORKER_DRAINING = threading.Event()
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -21,13 +25,16 @@ class Claim:
 
 
 def claim_job(settings: Settings, job_id: str, worker: str) -> Claim | None:
-    """Take the job if it is queued (or running with an expired lease). None: not ours."""
+    """Take the job if it is queued. None: someone else has it, or it is finished.
+
+    A running job whose lease expired is not taken here: the sweep re-queues it first,
+    counting the lost attempt, so there is one recovery path and one place to cap it.
+    """
     moment = now()
     with session_scope(settings) as session:
         result = session.execute(
             update(FineTuningJob)
-            .where(FineTuningJob.id == job_id,
-                   FineTuningJob.status.in_(("queued", "running")),
+            .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued",
                    FineTuningJob.cancel_requested.is_(False),
                    (FineTuningJob.lease_expires_at.is_(None))
                    | (FineTuningJob.lease_expires_at < moment))
@@ -80,6 +87,11 @@ class Heartbeat:
             self.stop_reason = "cancel"
         elif flags.pause_requested:
             self.stop_reason = "pause"
+
+    def stop_requested(self) -> str | None:
+        if WORKER_DRAINING.is_set() and self.stop_reason is None:
+            return "requeue"
+        return self.stop_reason
 
     def _run(self) -> None:
         while not self._done.wait(self.settings.heartbeat_seconds):

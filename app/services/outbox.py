@@ -32,28 +32,45 @@ def dispatch(session: Session, job_id: str, send: Send) -> None:
     session.commit()
 
 
-def requeue_expired(session: Session) -> list[str]:
-    """Running jobs whose worker stopped renewing the lease go back to the queue."""
+def requeue_expired(session: Session, max_attempts: int) -> list[str]:
+    """Running jobs whose worker stopped renewing the lease go back to the queue.
+
+    A job that has lost its worker `max_attempts` times fails instead: it is likely what
+    kills the worker, and the queue behind it must keep moving.
+    """
     moment = now()
-    expired = list(session.scalars(select(FineTuningJob.id).where(
-        FineTuningJob.status == "running", FineTuningJob.lease_expires_at < moment)))
-    for job_id in expired:
+    expired = session.scalars(select(FineTuningJob).where(
+        FineTuningJob.status == "running", FineTuningJob.lease_expires_at < moment)).all()
+    for job in expired:
+        lost = job.lost_attempts + 1
+        poisoned = lost >= max_attempts
         moved = session.execute(
             update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.status == "running",
-                   FineTuningJob.lease_expires_at < moment)
-            .values(status="queued", dispatched_at=None)
+            .where(FineTuningJob.id == job.id, FineTuningJob.attempt == job.attempt,
+                   FineTuningJob.status == "running", FineTuningJob.lease_expires_at < moment)
+            .values(status="failed" if poisoned else "queued", dispatched_at=None,
+                    lost_attempts=lost, lease_expires_at=None,
+                    finished_at=moment if poisoned else None,
+                    error={"code": "worker_lost_repeatedly", "param": None,
+                           "message": f"The job's worker was lost {lost} times."}
+                    if poisoned else None)
             .execution_options(synchronize_session=False))
-        if moved.rowcount == 1:  # type: ignore[attr-defined]
-            record_event(session, job_id, "The worker's lease expired; job re-queued to "
-                         "resume from its last checkpoint.", level="warn")
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            continue  # its worker renewed the lease meanwhile
+        if poisoned:
+            record_event(session, job.id, f"The worker was lost {lost} times; job failed.",
+                         level="error")
+        else:
+            record_event(session, job.id, f"The worker's lease expired (lost {lost} of "
+                         f"{max_attempts}); job re-queued to resume from its last checkpoint.",
+                         level="warn")
     session.commit()
-    return expired
+    return [job.id for job in expired]
 
 
 def sweep_once(settings: Settings, send: Send) -> None:
     with session_scope(settings) as session:
-        requeue_expired(session)
+        requeue_expired(session, settings.max_attempts)
     with session_scope(settings) as session:
         for job_id in jobs_to_dispatch(session, settings):
             dispatch(session, job_id, send)

@@ -1,16 +1,18 @@
 """One attempt at a job, as a worker runs it: claim, train with progress, record the outcome."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint
-from app.db.session import session_scope
+from app.db.session import retry_on_outage, session_scope
 from app.ids import new_id, now
 from app.ml.base_models import resolve_base_model
 from app.ml.hyperparameters import resolve
@@ -30,11 +32,21 @@ from app.storage.artifacts import ArtifactStore, artifact_store
 
 log = logging.getLogger(__name__)
 HELD_OUT_FRACTION = 0.1
+# How long a finished attempt waits for the database before giving up its outcome; the
+# lease then expires and the job re-runs from its last checkpoint.
+OUTCOME_PATIENCE_S = 900.0
 MAX_HELD_OUT_ROWS = 2_000
 
 
 class JobObserver:
-    """Writes the loop's progress to the database, each write in its own short session."""
+    """Writes the loop's progress to the database, each write in its own short session.
+
+    Progress is best-effort (a database blip skips an update); checkpoints are retried
+    until the database is back, since resuming depends on them.
+    """
+
+    PROGRESS_PATIENCE_S = 5.0
+    CHECKPOINT_PATIENCE_S = 600.0
 
     def __init__(self, settings: Settings, claim: Claim, heartbeat: Heartbeat, artifact_key: str):
         self.settings = settings
@@ -46,8 +58,15 @@ class JobObserver:
         job = session.get(FineTuningJob, self.claim.job_id)
         return job if job is not None and job.attempt == self.claim.attempt else None
 
+    def _best_effort(self, work: Callable[[Session], None], what: str) -> None:
+        try:
+            retry_on_outage(self.settings, work, give_up_after=self.PROGRESS_PATIENCE_S,
+                            what=what)
+        except (OperationalError, InterfaceError):
+            log.warning("skipped %s for %s: database unavailable", what, self.claim.job_id)
+
     def on_progress(self, progress: dict[str, Any]) -> None:
-        with session_scope(self.settings) as session:
+        def write(session: Session) -> None:
             job = self._job(session)
             if job is None:
                 return
@@ -60,8 +79,10 @@ class JobObserver:
             record_event(session, job.id, f"Step {progress['step']}/{total}: training loss "
                          f"{progress['train_loss']:.4f}", type="metrics", data=progress)
 
+        self._best_effort(write, "recording progress")
+
     def on_evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        with session_scope(self.settings) as session:
+        def write(session: Session) -> None:
             job = self._job(session)
             if job is None:
                 return
@@ -70,9 +91,11 @@ class JobObserver:
             record_event(session, job.id, f"Evaluation at step {step}: {summary}",
                          type="metrics", data={"step": step, **metrics})
 
+        self._best_effort(write, "recording an evaluation")
+
     def on_checkpoint(self, step: int, epoch: float, metrics: dict[str, float],
                       directory: Path) -> None:
-        with session_scope(self.settings) as session:
+        def write(session: Session) -> None:
             if self._job(session) is None:
                 return
             exists = session.scalar(select(JobCheckpoint.id).where(
@@ -84,8 +107,11 @@ class JobObserver:
                     storage_key=f"{self.artifact_key}/{directory.name}"))
             record_event(session, self.claim.job_id, f"Checkpoint saved at step {step}.")
 
+        retry_on_outage(self.settings, write, give_up_after=self.CHECKPOINT_PATIENCE_S,
+                        what="registering a checkpoint")
+
     def stop_requested(self) -> str | None:
-        return self.heartbeat.stop_reason
+        return self.heartbeat.stop_requested()
 
 
 @dataclass
@@ -130,7 +156,7 @@ def _fail(settings: Settings, claim: Claim, code: str, message: str) -> None:
 
 def _record_outcome(settings: Settings, store: ArtifactStore, claim: Claim,
                     prepared: _Prepared, result: TrainingResult) -> None:
-    with session_scope(settings) as session:
+    def write(session: Session) -> None:
         job = session.get(FineTuningJob, claim.job_id)
         if job is None or job.attempt != claim.attempt or result.stopped == "lost":
             return  # another attempt owns the job now: it records the outcome
@@ -141,8 +167,16 @@ def _record_outcome(settings: Settings, store: ArtifactStore, claim: Claim,
         elif result.stopped == "pause":
             job.status, job.pause_requested = "paused", False
             record_event(session, job.id, "Job paused at a checkpoint.")
+        elif result.stopped == "requeue":
+            # The API's sweep sends it again; a worker resumes it from the checkpoint.
+            job.status, job.dispatched_at = "queued", None
+            record_event(session, job.id, "Worker shutting down: checkpoint saved, job "
+                         "re-queued.", level="warn")
         else:
             _register_success(session, store, job, prepared, result)
+
+    retry_on_outage(settings, write, give_up_after=OUTCOME_PATIENCE_S,
+                    what="recording the outcome")
 
 
 def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob,
@@ -174,10 +208,6 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
     claim = claim_job(settings, job_id, worker)
     if claim is None:
         log.info("job %s is not claimable (finished, cancelled or leased); skipping", job_id)
-        return
-    if claim.attempt > settings.max_attempts:
-        _fail(settings, claim, "worker_lost_repeatedly",
-              f"The job's worker was lost {claim.attempt - 1} times.")
         return
     store = artifact_store(settings.resolved_artifact_dir)
     try:
