@@ -24,6 +24,7 @@ from transformers import (
     TrainerControl,
     TrainerState,
     TrainingArguments,
+    set_seed,
 )
 
 from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
@@ -200,6 +201,8 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     train_features = plan.task.encode(plan.train_rows, tokenizer, label2id, hp.max_length)
     eval_features = _length_sorted(
         plan.task.encode(plan.eval_rows, tokenizer, label2id, hp.max_length))
+    # Seeded before the new head is initialised, so the same seed gives the same model.
+    set_seed(plan.seed)
     model = plan.task.load_model(plan.base_model, plan.labels)
 
     samples_per_step = hp.batch_size * hp.gradient_accumulation_steps
