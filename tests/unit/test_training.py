@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from app.ml.hyperparameters import resolve
 from app.ml.tasks.classification import TextClassification
@@ -129,6 +130,8 @@ class Run:
 def full_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     plan = make_plan(tiny_model_dir, tmp_path_factory.mktemp("run") / "job")
     observer = RecordingObserver()
+    # Whatever earlier tests left in torch's RNG must not matter (see the seed test below).
+    torch.manual_seed(1234)
     return Run(plan, observer, fine_tune(plan, observer))
 
 
@@ -187,6 +190,17 @@ def test_best_checkpoint_is_chosen_by_macro_f1(full_run: Run) -> None:
     assert result.best_checkpoint == full_run.plan.output_dir / f"checkpoint-{best_step}"
     assert result.best_metrics["macro_f1"] == max(scores)
     assert result.best_metrics == dict(evaluations)[best_step]
+
+
+def test_same_seed_gives_same_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The job's seed alone fixes the run, including the new head's initial weights."""
+    losses = []
+    for attempt, global_seed in enumerate((1, 2)):
+        torch.manual_seed(global_seed)  # whatever earlier work left the RNG in
+        observer = RecordingObserver()
+        fine_tune(make_plan(tiny_model_dir, tmp_path / str(attempt), n_epochs=1), observer)
+        losses.append([p["train_loss"] for p in observer.progress])
+    assert losses[0] == pytest.approx(losses[1])
 
 
 def test_result_statistics(full_run: Run, tiny_tokenizer: Any) -> None:

@@ -6,6 +6,7 @@ Trainer, tokenizer and safetensors code paths without downloading anything.
 
 from pathlib import Path
 
+import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -44,6 +45,9 @@ def build_tiny_bert(directory: Path) -> Path:
                         max_position_embeddings=64, pad_token_id=0,
                         # Wide initial weights: different inputs get clearly different scores.
                         initializer_range=0.5)
-    model = BertModel(config)
+    # Seeded, so every run of the suite trains from the same weights.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = BertModel(config)
     model.save_pretrained(directory, safe_serialization=True)
     return directory
