@@ -59,9 +59,10 @@ def delete_model(model_id: str, session: SessionDep, settings: SettingsDep, stor
 @router.post("/v1/models/{model_id}/predict")
 def predict(model_id: str, body: PredictRequest, response: Response, session: SessionDep,
             settings: SettingsDep, store: StoreDep, cache: ModelCacheDep,
-            project_id: ProjectDep) -> list[Any]:
+            project_id: ProjectDep) -> Any:
     version, outputs = predictions.predict(session, settings, store, cache, project_id,
-                                           model_id, body.as_list(), body.parameter_dict())
+                                           model_id, body.as_list(), body.parameter_dict(),
+                                           batched=body.batched)
     response.headers[VERSION_HEADER] = version.id
     return outputs
 

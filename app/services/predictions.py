@@ -27,11 +27,11 @@ def _check_limits(settings: Settings, inputs: list[str]) -> None:
 
 def predict(session: Session, settings: Settings, store: ArtifactStore, cache: ModelCache,
             project_id: str, ref: str, inputs: list[str],
-            parameters: dict[str, Any]) -> tuple[ModelVersion, list[Any]]:
+            parameters: dict[str, Any], batched: bool = True) -> tuple[ModelVersion, Any]:
     _check_limits(settings, inputs)
     version = resolve_version(session, project_id, ref)
     task = get_task(version.task)
     max_length = int(version.lineage.get("hyperparameters", {}).get("max_length") or 128)
     loaded = cache.get(version.storage_key, task, store.local_path(version.storage_key),
                        max_length)
-    return version, loaded.predict(inputs, parameters)
+    return version, task.response(loaded.predict(inputs, parameters), batched)

@@ -56,3 +56,8 @@ class TaskAdapter(ABC):
     def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 inputs: list[str], parameters: dict[str, Any], max_length: int) -> list[Any]:
         """Run the model and shape the answer in the Hugging Face Inference API format."""
+
+    def response(self, outputs: list[Any], batched: bool) -> Any:
+        """The answer's body: one result per input; a task whose Hugging Face format answers a
+        single string differently (token classification: one flat list) overrides this."""
+        return outputs
