@@ -3,14 +3,14 @@
 from app.errors import DatasetInvalid, InvalidRequest
 from app.ml.tasks.base import Row, TaskAdapter
 from app.ml.tasks.classification import TextClassification
+from app.ml.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, TaskAdapter] = {adapter.name: adapter for adapter in (TextClassification(),)}
+TASKS: dict[str, TaskAdapter] = {adapter.name: adapter
+                                 for adapter in (TextClassification(), TokenClassification())}
 
 # Row shapes the contract names but this release does not train yet; named so the
 # error tells the user what was recognised.
 _KNOWN_SHAPES = (
-    ("token-classification", ("tokens", "tags")),
-    ("token-classification", ("text", "entities")),
     ("multi-label-classification", ("text", "labels")),
 )
 
@@ -32,4 +32,5 @@ def detect_task(row: Row, line: int) -> TaskAdapter:
             raise DatasetInvalid(f"rows look like {name}, which this server does not train yet",
                                  line=line, code="unsupported_task")
     raise DatasetInvalid("has no recognised row shape; text classification needs 'text' and "
-                         "'label'", line=line)
+                         "'label', token classification 'tokens' and 'tags' or 'text' and "
+                         "'entities'", line=line)
