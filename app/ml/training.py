@@ -27,6 +27,7 @@ from transformers import (
     set_seed,
 )
 
+from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters
 from app.ml.tasks.base import Row, TaskAdapter
@@ -152,6 +153,17 @@ def _is_quality(key: str) -> bool:
     return not key.endswith(("_runtime", "_per_second", "samples_per_second", "steps_per_second"))
 
 
+class _ServiceTrainer(Trainer):
+    """Trainer with our length-grouped, resume-exact sampler."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
+        dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = [len(features["input_ids"]) for features in dataset]
+        return LengthGroupedSampler(
+            lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            seed=self.args.seed)
+
+
 def _training_arguments(plan: TrainingPlan, steps_per_epoch: int) -> TrainingArguments:
     hp = plan.hyperparameters
     total_steps = steps_per_epoch * hp.n_epochs
@@ -178,9 +190,6 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int) -> TrainingArg
         greater_is_better=True,
         seed=plan.seed,
         data_seed=plan.seed,
-        # Rows of similar length share a batch, so batches carry little padding: on SST-2
-        # a random batch of 32 pads to ~40 tokens while rows average ~13.
-        train_sampling_strategy="group_by_length",
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=on_gpu,
@@ -211,7 +220,7 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     callbacks: list[TrainerCallback] = [callback]
     if hp.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
-    trainer = Trainer(
+    trainer = _ServiceTrainer(
         model=model,
         args=_training_arguments(plan, steps_per_epoch),
         train_dataset=train_features,
