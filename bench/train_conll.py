@@ -245,8 +245,8 @@ def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
         return features
 
     collator = DataCollatorForTokenClassification(tokenizer)
-    loader = DataLoader(encode(train), shuffle=True,  # type: ignore[arg-type]
-                        batch_size=args.batch_size, collate_fn=collator)
+    loader: DataLoader[Any] = DataLoader(encode(train), shuffle=True,  # type: ignore[arg-type]
+                                         batch_size=args.batch_size, collate_fn=collator)
     no_decay = ("bias", "LayerNorm.weight")
     optimizer = torch.optim.AdamW([
         {"params": [p for n, p in model.named_parameters() if not any(d in n for d in no_decay)],

@@ -6,7 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertTokenizerFast, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForTokenClassification,
+    BertTokenizerFast,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from app.errors import DatasetInvalid
 from app.ml.tasks.registry import detect_task, get_task
@@ -42,8 +49,6 @@ def ner_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         max_position_embeddings=64, initializer_range=0.5,
                         num_labels=len(LABELS), id2label=ID2LABEL,
                         label2id={label: i for i, label in enumerate(LABELS)})
-    from transformers import BertForTokenClassification
-
     torch.manual_seed(0)
     BertForTokenClassification(config).save_pretrained(directory, safe_serialization=True)
     return directory
@@ -357,7 +362,7 @@ def test_ignore_labels_empty_keeps_outside_groups() -> None:
 # --- predict with the tiny model -------------------------------------------------------
 
 
-def _tiny(ner_model_dir: Path) -> tuple[TokenClassification, torch.nn.Module]:
+def _tiny(ner_model_dir: Path) -> tuple[TokenClassification, PreTrainedModel]:
     task = TokenClassification()
     model = task.load_model(ner_model_dir)
     model.eval()
