@@ -7,6 +7,7 @@ worker subprocess) sees exactly what the command line said.
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -48,7 +49,8 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._stopping.is_set():
             started = time.monotonic()
-            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker",
+                                             "--exit-with-parent", str(os.getpid())])
             code = self.process.wait()
             if self._stopping.is_set():
                 return
@@ -133,7 +135,25 @@ def keys_revoke(args: argparse.Namespace) -> None:
     print(f"revoked {args.key_id}")
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies, however the parent dies.
+
+    `tuneforge serve` can be killed in ways that skip its cleanup (SIGKILL, or uvicorn
+    re-raising SIGTERM); its worker must not live on without it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before we asked
+        sys.exit(0)
+
+
 def worker(args: argparse.Namespace) -> None:
+    if args.exit_with_parent:
+        _exit_with_parent(args.exit_with_parent)
     _apply({"data_dir": args.data_dir})
     from worker.celery_app import create_celery
 
@@ -166,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run the API only; workers run elsewhere")
     serve_cmd.set_defaults(func=serve)
     worker_cmd = commands.add_parser("worker", help="run a training worker", parents=[common])
+    worker_cmd.add_argument("--exit-with-parent", type=int, metavar="PID",
+                            help=argparse.SUPPRESS)
     worker_cmd.set_defaults(func=worker)
     db_cmd = commands.add_parser("db", help="database maintenance")
     db_sub = db_cmd.add_subparsers(dest="db_command", required=True)

@@ -59,6 +59,8 @@ def read_jsonl(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Row]]:
 
 def read_csv(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Row]]:
     raw = path.read_bytes()
+    if not raw.strip():
+        return  # an empty file has no rows; the caller reports it as such
     text = _decode_csv(raw)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames or any(not name for name in reader.fieldnames):

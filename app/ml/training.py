@@ -115,6 +115,14 @@ class _ServiceCallback(TrainerCallback):
             # Pausing or handing the job back keeps the work done so far: checkpoint first.
             control.should_save = reason in ("pause", "requeue")
 
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: Any) -> None:
+        if self.stop_reason:
+            # A stop mid-epoch ends the epoch loop early; the epoch strategy would then
+            # evaluate and save again. The stop already saved what it needed.
+            control.should_evaluate = False
+            control.should_save = False
+
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         logs = logs or {}

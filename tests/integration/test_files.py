@@ -147,8 +147,6 @@ def test_bad_upload_is_rejected_and_leaves_nothing(app_env: tuple[TestClient, Se
     assert client.get("/v1/files").json()["data"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="An empty .csv upload is reported as a missing CSV "
-                   "header (invalid_dataset) instead of dataset_empty, unlike an empty .jsonl.")
 def test_empty_csv_is_dataset_empty(client: TestClient) -> None:
     assert_error(upload(client, b"", "t.csv"), 422, "dataset_empty", "file")
 

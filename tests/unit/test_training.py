@@ -251,14 +251,6 @@ def test_cancel_stops_early(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert max(p["step"] for p in observer.progress) == 3
 
 
-STOP_FLOW_BUG = (
-    "Stopping mid-epoch breaks Trainer's epoch loop, and DefaultFlowCallback.on_epoch_end "
-    "then asks for an evaluation and a save (epoch strategies): a cancel writes a checkpoint "
-    "and runs a full evaluation, a pause saves twice. _ServiceCallback should clear "
-    "should_evaluate/should_save in on_epoch_end once stop_reason is set.")
-
-
-@pytest.mark.xfail(strict=True, reason=STOP_FLOW_BUG)
 def test_cancel_writes_no_checkpoint_and_skips_evaluation(tiny_model_dir: Path,
                                                           tmp_path: Path) -> None:
     plan = make_plan(tiny_model_dir, tmp_path / "job", batch_size=4)
@@ -269,7 +261,6 @@ def test_cancel_writes_no_checkpoint_and_skips_evaluation(tiny_model_dir: Path,
     assert not list(plan.output_dir.glob("checkpoint-*"))
 
 
-@pytest.mark.xfail(strict=True, reason=STOP_FLOW_BUG)
 def test_pause_saves_once_without_evaluating(tiny_model_dir: Path, tmp_path: Path) -> None:
     plan = make_plan(tiny_model_dir, tmp_path / "job", batch_size=4)
     observer = RecordingObserver(stop_reason="pause", stop_after=3)
