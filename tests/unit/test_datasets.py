@@ -167,10 +167,19 @@ def test_read_csv_extra_cells_names_line(tmp_path: Path) -> None:
     assert "more cells than the header" in info.value.message
 
 
-@pytest.mark.parametrize("content", [b"", b"text,,label\na,b,c\n"], ids=["empty", "blank-col"])
-def test_read_csv_bad_header(tmp_path: Path, content: bytes) -> None:
+def test_read_csv_header_with_blank_column(tmp_path: Path) -> None:
     with pytest.raises(DatasetInvalid, match=r"^line 1: the CSV header row"):
-        list(read_csv(write(tmp_path, "a.csv", content), MAX_LINE))
+        list(read_csv(write(tmp_path, "a.csv", b"text,,label\na,b,c\n"), MAX_LINE))
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b" \r\n\n"], ids=["empty", "newline", "blank"])
+def test_read_csv_empty_file_has_no_rows(tmp_path: Path, content: bytes) -> None:
+    # Like an empty JSONL file: no rows, which the upload reports as dataset_empty.
+    assert list(read_csv(write(tmp_path, "a.csv", content), MAX_LINE)) == []
+
+
+def test_read_csv_header_only_has_no_rows(tmp_path: Path) -> None:
+    assert list(read_csv(write(tmp_path, "a.csv", b"text,label\n"), MAX_LINE)) == []
 
 
 def test_read_csv_nul_byte_names_line(tmp_path: Path) -> None:
