@@ -125,6 +125,9 @@ class RegisteredModel(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
+    # Highest version number ever given: a deleted version's number is never reused, so
+    # an id like ft:name:v2 always means the same weights.
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ModelVersion(Base):

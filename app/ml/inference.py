@@ -51,6 +51,7 @@ class ModelCache:
         with loading:
             with self._lock:
                 if key in self._models:
+                    self._loading.pop(key, None)
                     return self._models[key]
             loaded = load_model(task, directory, max_length)
             with self._lock:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -57,15 +58,9 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
                idempotency_key: str | None) -> tuple[FineTuningJob, bool]:
     """Create a queued job, or return the one this idempotency key made. True if new."""
     digest = _request_hash(body)
-    if idempotency_key:
-        existing = session.scalar(select(FineTuningJob).where(
-            FineTuningJob.project_id == project_id,
-            FineTuningJob.idempotency_key == idempotency_key))
-        if existing is not None:
-            if existing.request_hash != digest:
-                raise IdempotencyMismatch("This Idempotency-Key was used with a different "
-                                          "request body.", param="Idempotency-Key")
-            return existing, False
+    existing = _replay(session, project_id, idempotency_key, digest)
+    if existing is not None:
+        return existing, False
     _check_capacity(session, settings, project_id)
     training = get_file(session, project_id, body["training_file"])
     validation = (get_file(session, project_id, body["validation_file"])
@@ -88,10 +83,32 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
         cancel_requested=False, pause_requested=False,
     )
     session.add(job)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # The same key raced us here; the database's unique constraint picked a winner.
+        session.rollback()
+        winner = _replay(session, project_id, idempotency_key, digest)
+        if winner is None:
+            raise
+        return winner, False
     record_event(session, job.id, f"Created fine-tuning job {job.id}.")
     session.commit()
     return job, True
+
+
+def _replay(session: Session, project_id: str, idempotency_key: str | None,
+            digest: str) -> FineTuningJob | None:
+    """The job an earlier request with this Idempotency-Key made, if its body matches."""
+    if not idempotency_key:
+        return None
+    existing = session.scalar(select(FineTuningJob).where(
+        FineTuningJob.project_id == project_id,
+        FineTuningJob.idempotency_key == idempotency_key))
+    if existing is not None and existing.request_hash != digest:
+        raise IdempotencyMismatch("This Idempotency-Key was used with a different request "
+                                  "body.", param="Idempotency-Key")
+    return existing
 
 
 def get_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import DatasetFile, FineTuningJob, ModelAlias, ModelVersion, RegisteredModel
@@ -73,11 +73,15 @@ def register_version(session: Session, store: ArtifactStore, job: FineTuningJob,
     name = derived_name(job, files[job.training_file].filename)
     model = _registered(session, job.project_id, name)
     if model is None:
-        model = RegisteredModel(project_id=job.project_id, name=name, created_at=now())
+        model = RegisteredModel(project_id=job.project_id, name=name, created_at=now(),
+                                last_version=0)
         session.add(model)
         session.flush()
-    number = (session.scalar(select(func.max(ModelVersion.version)).where(
-        ModelVersion.registered_model_id == model.id)) or 0) + 1
+    # One atomic increment: two jobs finishing at once still get distinct numbers.
+    number = session.execute(
+        update(RegisteredModel).where(RegisteredModel.id == model.id)
+        .values(last_version=RegisteredModel.last_version + 1)
+        .returning(RegisteredModel.last_version)).scalar_one()
     key = store.new_key("models")
     store.put_tree(checkpoint, key)
     version = ModelVersion(

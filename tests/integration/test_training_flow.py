@@ -383,3 +383,15 @@ def test_failed_training_is_recorded_without_server_paths(tmp_path: Path,
         assert events[0]["message"].startswith("Job failed:")
         models = client.get("/v1/models").json()["data"]
         assert not [m for m in models if m["id"].startswith("ft:")]
+
+
+def test_a_deleted_version_number_is_never_reused(flow: Flow) -> None:
+    client = flow.client
+    first = train(client, create_job(client, model=BASE_MODEL, training_file=flow.train_file[
+        "id"], suffix="numbered", hyperparameters={"n_epochs": 1, "batch_size": 16})["id"])
+    assert first["fine_tuned_model"] == "ft:numbered:v1"
+    assert client.delete("/v1/models/ft:numbered:v1").status_code == 200
+    second = train(client, create_job(client, model=BASE_MODEL, training_file=flow.train_file[
+        "id"], suffix="numbered", hyperparameters={"n_epochs": 1, "batch_size": 16})["id"])
+    assert second["fine_tuned_model"] == "ft:numbered:v2"
+    assert_error(client.get("/v1/models/ft:numbered:v1"), 404, "not_found")
