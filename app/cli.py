@@ -159,6 +159,12 @@ def worker(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from app.db.migrate import schema_is_current
+
+    if not schema_is_current(settings):
+        # Training against an older schema would fail jobs one by one; refuse up front.
+        sys.exit("tuneforge worker: the database schema is not at the latest migration; "
+                 "run `tuneforge db upgrade` first.")
     app = create_celery(settings)
     # One job at a time, in this process (solo pool): SIGTERM reaches the training loop
     # directly, so the job checkpoints and re-queues. Scale with more worker processes.

@@ -6,6 +6,7 @@ our callback adds progress events, cooperative cancel/pause and checkpoint regis
 
 import math
 import random
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,6 +32,9 @@ from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters
 from app.ml.tasks.base import Row, TaskAdapter
+
+# How often (in optimizer steps) the CPU thread count is re-measured: load on a shared host moves.
+THREAD_RETUNE_STEPS = 50
 
 # Trainer state files we drop from checkpoints once a job is finished: only resume needs them.
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
@@ -157,6 +161,66 @@ class _ServiceCallback(TrainerCallback):
         self.observer.on_checkpoint(state.global_step, state.epoch or 0.0, metrics, directory)
 
 
+class _ThreadTuner(TrainerCallback):
+    """Keeps torch's CPU thread count at whichever setting runs this model fastest right now.
+
+    All-cores is torch's default and best on an idle host, but OpenMP threads spin-wait on
+    each other: when other processes hold cores, a step can run several times slower than
+    on one thread. A short forward pass in eval mode (no dropout, so no RNG is consumed and
+    training is unchanged) is timed at each candidate count, at the start and every
+    THREAD_RETUNE_STEPS steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int):
+        self.model = model
+        top = torch.get_num_threads()
+        self.candidates = sorted({top, max(1, top // 2), 1}, reverse=True)
+        # About one training batch of short rows: big enough to show how the threads scale.
+        self.probe = torch.full((batch_size, 16), 100, dtype=torch.long)
+        self.history: list[int] = []
+
+    def tune(self) -> None:
+        if len(self.candidates) == 1:
+            return
+        try:
+            self.history.append(self._measure())
+        except Exception:  # a model the probe does not fit: keep torch's default
+            self.candidates = self.candidates[:1]
+            torch.set_num_threads(self.candidates[0])
+
+    def _measure(self) -> int:
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        probe = self.probe.to(device)
+        timings: dict[int, list[float]] = {n: [] for n in self.candidates}
+        # Forward and back again through the candidates, so a trend in load cancels out.
+        order = self.candidates + self.candidates[::-1]
+        try:
+            with torch.inference_mode():
+                torch.set_num_threads(self.candidates[0])
+                self.model(input_ids=probe)  # warm up
+                for n in order:
+                    torch.set_num_threads(n)
+                    started = time.perf_counter()
+                    self.model(input_ids=probe)
+                    timings[n].append(time.perf_counter() - started)
+        finally:
+            self.model.train(was_training)
+        best = min(self.candidates, key=lambda n: statistics.median(timings[n]))
+        torch.set_num_threads(best)
+        return best
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, **kwargs: Any) -> None:
+        self.tune()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: Any) -> None:
+        if state.global_step % THREAD_RETUNE_STEPS == 0 and state.global_step < state.max_steps:
+            self.tune()
+
+
 def _is_quality(key: str) -> bool:
     return not key.endswith(("_runtime", "_per_second", "samples_per_second", "steps_per_second"))
 
@@ -225,7 +289,10 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     samples_per_step = hp.batch_size * hp.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(train_features) / samples_per_step))
     callback = _ServiceCallback(observer, samples_per_step)
+    threads_before = torch.get_num_threads()
     callbacks: list[TrainerCallback] = [callback]
+    if not torch.cuda.is_available():
+        callbacks.append(_ThreadTuner(model, hp.batch_size))
     if hp.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
     trainer = _ServiceTrainer(
@@ -241,7 +308,10 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     # Progress goes to the job's events through our callback, not to stdout.
     trainer.remove_callback(PrinterCallback)
     resume_from = latest_checkpoint(plan.output_dir)
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        torch.set_num_threads(threads_before)
     if callback.stop_reason:
         return TrainingResult(stopped=callback.stop_reason)
     best = trainer.state.best_model_checkpoint

@@ -190,6 +190,9 @@ def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob
     version = registry.register_version(session, store, job, result.best_checkpoint,
                                         prepared.plan.labels, metrics, prepared.base_model_ref)
     job.status, job.finished_at, job.fine_tuned_model = "succeeded", now(), version.id
+    # Progress is written at logging steps; the last step may fall between two of them.
+    total = (job.progress or {}).get("total_steps") or 0
+    job.progress = {**(job.progress or {}), "step": total, "fraction": 1.0}
     job.metrics, job.trained_tokens = metrics, result.trained_tokens
     record_event(session, job.id, f"Job succeeded: registered {version.id} "
                  f"({prepared.plan.task.best_metric} "

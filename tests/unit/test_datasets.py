@@ -97,7 +97,8 @@ def test_read_jsonl_invalid_json_names_its_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_read_jsonl_rejects_nan_and_infinity(tmp_path: Path, constant: str) -> None:
-    content = jsonl({"text": "a", "label": "b"}) + f'{{"text": "x", "label": {constant}}}\n'.encode()
+    bad_line = f'{{"text": "x", "label": {constant}}}\n'.encode()
+    content = jsonl({"text": "a", "label": "b"}) + bad_line
     with pytest.raises(DatasetInvalid) as info:
         list(read_jsonl(write(tmp_path, "a.jsonl", content), MAX_LINE))
     assert info.value.line == 2
