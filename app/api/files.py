@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -32,8 +32,10 @@ async def upload_file(request: Request, file: Annotated[UploadFile, File()],
 
 
 @router.get("", response_model=ListPage[FilePublic])
-def list_files(session: SessionDep, project_id: ProjectDep) -> ListPage[FilePublic]:
-    return ListPage(data=[FilePublic.of(f) for f in files.list_files(session, project_id)])
+def list_files(session: SessionDep, project_id: ProjectDep, after: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000) -> ListPage[FilePublic]:
+    rows, has_more = files.list_files(session, project_id, after, limit)
+    return ListPage.of([FilePublic.of(f) for f in rows], has_more)
 
 
 @router.get("/{file_id}", response_model=FilePublic)

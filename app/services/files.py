@@ -3,7 +3,7 @@
 import hashlib
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -105,9 +105,18 @@ def get_file(session: Session, project_id: str, file_id: str) -> DatasetFile:
     return record
 
 
-def list_files(session: Session, project_id: str) -> Iterable[DatasetFile]:
-    return session.scalars(select(DatasetFile).where(DatasetFile.project_id == project_id)
-                           .order_by(DatasetFile.created_at.desc()))
+def list_files(session: Session, project_id: str, after: str | None,
+               limit: int) -> tuple[Sequence[DatasetFile], bool]:
+    """Newest first, `limit` at a time; `after` is the last id of the previous page."""
+    query = select(DatasetFile).where(DatasetFile.project_id == project_id)
+    if after:
+        cursor = get_file(session, project_id, after)
+        query = query.where(
+            (DatasetFile.created_at < cursor.created_at)
+            | ((DatasetFile.created_at == cursor.created_at) & (DatasetFile.id < cursor.id)))
+    rows = session.scalars(query.order_by(DatasetFile.created_at.desc(), DatasetFile.id.desc())
+                           .limit(limit + 1)).all()
+    return rows[:limit], len(rows) > limit
 
 
 def delete_file(session: Session, store: ArtifactStore, project_id: str, file_id: str) -> None:

@@ -224,3 +224,12 @@ def test_file_used_by_a_job_cannot_be_deleted(client: TestClient) -> None:
     # Cancelling the job does not free the file: the job's lineage still names it.
     client.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel")
     assert_error(client.delete(f"/v1/files/{file['id']}"), 409, "file_in_use")
+
+
+def test_list_files_pages_newest_first(client: TestClient) -> None:
+    ids = [upload(client, jsonl_bytes(ROWS), f"part-{i}.jsonl").json()["id"] for i in range(5)]
+    first = client.get("/v1/files", params={"limit": 2}).json()
+    assert [f["id"] for f in first["data"]] == ids[::-1][:2] and first["has_more"]
+    rest = client.get("/v1/files", params={"limit": 10, "after": first["last_id"]}).json()
+    assert [f["id"] for f in rest["data"]] == ids[::-1][2:] and not rest["has_more"]
+    assert client.get("/v1/files", params={"limit": 0}).status_code == 422
