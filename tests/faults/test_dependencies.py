@@ -52,7 +52,8 @@ def split(tmp_path: Path, models_dir: Path, database: str, broker: str,
     "keeps its dispatched_at and is never sent again"))
 def test_redis_restart_mid_training(tmp_path: Path, models_dir: Path, postgres_url: str,
                                     private_redis: PrivateRedis) -> None:
-    training = JobSpec(suffix="redis-running")
+    # Long enough to still be training after the outage and the requests made during it.
+    training = JobSpec(suffix="redis-running", batch_size=1024)
     waiting = JobSpec(suffix="redis-waiting", steps=6, batch_size=64, eval_steps=6)
     during = JobSpec(suffix="redis-during", steps=6, batch_size=64, eval_steps=6)
     deployment = split(tmp_path, models_dir, postgres_url, private_redis.url)
@@ -105,7 +106,7 @@ def test_redis_restart_mid_training(tmp_path: Path, models_dir: Path, postgres_u
 
 def test_postgres_restart_mid_training(tmp_path: Path, models_dir: Path, redis_url: str,
                                        private_postgres: PrivatePostgres) -> None:
-    spec = JobSpec(suffix="pg-restart")
+    spec = JobSpec(suffix="pg-restart", batch_size=1024)
     # A production-like lease, longer than the outage: the worker keeps its claim.
     deployment = split(tmp_path, models_dir, private_postgres.url, redis_url,
                        TUNEFORGE_LEASE_SECONDS="20")
