@@ -33,6 +33,9 @@ from tests.live import LiveService, ServiceError, events_text, expect, live_serv
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(420)]
 
 
+OUTAGE_S = 4.0
+
+
 class QueuedJobLost(AssertionError):
     """A job queued in the broker before it restarted never ran."""
 
@@ -129,6 +132,10 @@ def test_postgres_restart_mid_training(tmp_path: Path, models_dir: Path, redis_u
                                                  response.text)
             assert response.headers.get("Retry-After", "").isdigit(), response.headers
             assert response.json()["error"]["code"] == "database_unavailable", response.text
+        # Down for several heartbeats (but less than the lease): the worker meets the outage.
+        while time.monotonic() - down_at < OUTAGE_S:
+            assert httpx.get(f"{service.base_url}/readyz", timeout=30).status_code == 503
+            time.sleep(0.2)
         private_postgres.start()
         outage_s = time.monotonic() - down_at
 
@@ -152,5 +159,8 @@ def test_postgres_restart_mid_training(tmp_path: Path, models_dir: Path, redis_u
         steps = story.attempts[0].steps
         assert steps[-1] == spec.steps, steps
         assert versions_of(client, spec.suffix) == [done["fine_tuned_model"]]
+        worker_log = service.processes[1].log_path.read_text(errors="replace")
+        assert "database unavailable while" in worker_log or "heartbeat for" in worker_log, \
+            "the worker never met the outage\n" + service.processes[1].log_tail()
         figures("postgres_restart", jobs_lost=0, steps_redone=0, recovery_s=ready_s,
                 trainers_per_job=1, outage_s=outage_s, steps_unrecorded=spec.steps - len(steps))
