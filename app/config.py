@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     dispatch_retry_seconds: float = 30.0
     sweep_seconds: float = 15.0
+    # A job still queued this long after its message was sent is sent again: a broker
+    # restarted without persistence loses messages. Extra copies are harmless (claims).
+    redispatch_seconds: float = 300.0
 
     @property
     def resolved_database_url(self) -> str:

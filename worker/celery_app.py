@@ -4,6 +4,7 @@ from celery import Celery
 from celery.signals import worker_shutting_down
 
 from app.config import Settings, get_settings
+from app.services.leases import WORKER_DRAINING
 
 TRAIN_TASK = "tuneforge.train_job"
 # Longest a single job may run; the broker's redelivery timeout must exceed it, or a
@@ -56,8 +57,6 @@ def create_celery(settings: Settings) -> Celery:
 def _drain_on_shutdown(**_: object) -> None:
     # SIGTERM: the running job checkpoints at the next step and goes back to the queue,
     # instead of the worker either waiting an hour or dying mid-step.
-    from app.services.leases import WORKER_DRAINING
-
     WORKER_DRAINING.set()
 
 

@@ -82,7 +82,7 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("database unavailable: %s", type(exc).__name__)
+    log.warning("database unavailable: %s", exc)
     return error_response(503, "database_unavailable", "The database is unavailable; retry "
                           "shortly.", None, {"Retry-After": "5"})
 

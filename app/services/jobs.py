@@ -215,10 +215,12 @@ def mark_dispatched(session: Session, job_id: str) -> None:
 
 
 def jobs_to_dispatch(session: Session, settings: Settings) -> list[str]:
-    """Queued jobs whose message never reached the broker (the outbox), oldest first."""
-    grace = now() - settings.dispatch_retry_seconds
+    """Queued jobs whose message never reached the broker (the outbox), or may have been
+    lost by it since, oldest first."""
+    moment = now()
+    never_sent = (FineTuningJob.dispatched_at.is_(None)
+                  & (FineTuningJob.created_at < moment - settings.dispatch_retry_seconds))
+    long_unclaimed = FineTuningJob.dispatched_at < moment - settings.redispatch_seconds
     return list(session.scalars(select(FineTuningJob.id).where(
-        FineTuningJob.status == "queued",
-        FineTuningJob.dispatched_at.is_(None),
-        FineTuningJob.created_at < grace,
+        FineTuningJob.status == "queued", never_sent | long_unclaimed,
     ).order_by(FineTuningJob.created_at)))

@@ -49,10 +49,6 @@ def split(tmp_path: Path, models_dir: Path, database: str, broker: str,
                                        TUNEFORGE_BROKER_URL=broker, **extra)}
 
 
-@pytest.mark.xfail(strict=True, raises=QueuedJobLost, reason=(
-    "app/services/jobs.py jobs_to_dispatch() re-sends only jobs never dispatched "
-    "(dispatched_at IS NULL): a queued job whose message the broker lost in a restart "
-    "keeps its dispatched_at and is never sent again"))
 def test_redis_restart_mid_training(tmp_path: Path, models_dir: Path, postgres_url: str,
                                     private_redis: PrivateRedis) -> None:
     # Long enough to still be training after the outage and the requests made during it.
