@@ -78,11 +78,13 @@ class TrainingResult:
 
 
 def stratified_split(rows: Sequence[Row], fraction: float, seed: int,
-                     key: str = "label") -> tuple[list[Row], list[Row]]:
-    """Hold out `fraction` of each label's rows (at least one where a label has two or more)."""
+                     key: str | None = "label") -> tuple[list[Row], list[Row]]:
+    """Hold out `fraction` of each label's rows (at least one where a label has two or more).
+
+    With no key, every row is in one group: a seeded random split."""
     by_label: dict[Any, list[Row]] = defaultdict(list)
     for row in rows:
-        by_label[row.get(key)].append(row)
+        by_label[row.get(key) if key else None].append(row)
     rng = random.Random(seed)
     train: list[Row] = []
     held_out: list[Row] = []

@@ -129,9 +129,11 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
         eval_rows = load_rows(store, settings, session.get_one(DatasetFile, job.validation_file))
     else:
         fraction = min(HELD_OUT_FRACTION, MAX_HELD_OUT_ROWS / len(train_rows))
-        train_rows, eval_rows = stratified_split(train_rows, fraction, job.seed)
+        train_rows, eval_rows = stratified_split(train_rows, fraction, job.seed,
+                                                 key=task.stratify_by)
+        how = f", stratified by {task.stratify_by}," if task.stratify_by else ""
         record_event(session, job.id, f"No validation file: holding out {len(eval_rows)} "
-                     "training rows, stratified by label, for evaluation.")
+                     f"training rows{how} for evaluation.")
     version = registry.find_version(session, job.project_id, job.model)
     source = (str(store.local_path(version.storage_key)) if version else
               resolve_base_model(job.model, settings.resolved_models_dir,

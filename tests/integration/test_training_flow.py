@@ -307,6 +307,7 @@ def test_model_still_training_is_not_ready(flow: Flow) -> None:
     ({"inputs": ["good", ""]}, 422, "invalid_request", None),
     ({"inputs": "   "}, 422, "empty_input", "inputs"),
     ({"inputs": ["good", " \n"]}, 422, "empty_input", "inputs"),
+    ({"inputs": ["good", "bad \ud800"]}, 422, "invalid_text", "inputs"),
     ({"inputs": ["good"] * 257}, 413, "too_many_inputs", "inputs"),
     ({"inputs": "good " * 20_001}, 413, "input_too_long", "inputs"),
     ({"inputs": "good", "parameters": {"top_k": 0}}, 422, "invalid_request", None),

@@ -15,6 +15,8 @@ class TaskAdapter(ABC):
     name: str
     # Key in compute_metrics' output that picks the best checkpoint (higher is better).
     best_metric: str
+    # Row field an automatic held-out split keeps in proportion (None: a plain random split).
+    stratify_by: str | None = None
 
     @abstractmethod
     def matches(self, row: Row) -> bool:

@@ -49,6 +49,7 @@ def macro_f1(predicted: np.ndarray, gold: np.ndarray, n_labels: int) -> float:
 class TextClassification(TaskAdapter):
     name = "text-classification"
     best_metric = "macro_f1"
+    stratify_by = "label"
 
     def matches(self, row: Row) -> bool:
         return "label" in row and "text" in row
