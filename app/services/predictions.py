@@ -23,13 +23,6 @@ def _check_limits(settings: Settings, inputs: list[str]) -> None:
     if any(not text.strip() for text in inputs):
         raise InvalidRequest("Inputs must not be empty or whitespace.", param="inputs",
                              code="empty_input")
-    for index, text in enumerate(inputs):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # JSON can carry a lone surrogate (\ud800); no tokenizer can take it.
-            raise InvalidRequest(f"inputs[{index}] is not valid Unicode (lone surrogate).",
-                                 param="inputs", code="invalid_text") from None
 
 
 def predict(session: Session, settings: Settings, store: ArtifactStore, cache: ModelCache,

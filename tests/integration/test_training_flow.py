@@ -307,7 +307,6 @@ def test_model_still_training_is_not_ready(flow: Flow) -> None:
     ({"inputs": ["good", ""]}, 422, "invalid_request", None),
     ({"inputs": "   "}, 422, "empty_input", "inputs"),
     ({"inputs": ["good", " \n"]}, 422, "empty_input", "inputs"),
-    ({"inputs": ["good", "bad \ud800"]}, 422, "invalid_text", "inputs"),
     ({"inputs": ["good"] * 257}, 413, "too_many_inputs", "inputs"),
     ({"inputs": "good " * 20_001}, 413, "input_too_long", "inputs"),
     ({"inputs": "good", "parameters": {"top_k": 0}}, 422, "invalid_request", None),
@@ -396,3 +395,12 @@ def test_a_deleted_version_number_is_never_reused(flow: Flow) -> None:
         "id"], suffix="numbered", hyperparameters={"n_epochs": 1, "batch_size": 16})["id"])
     assert second["fine_tuned_model"] == "ft:numbered:v2"
     assert_error(client.get("/v1/models/ft:numbered:v1"), 404, "not_found")
+
+
+def test_predict_rejects_a_lone_surrogate(flow: Flow) -> None:
+    # Valid JSON, invalid Unicode: the escape decodes to half a surrogate pair, which the
+    # request schema refuses before any tokenizer sees it.
+    response = flow.client.post("/v1/models/ft:sentiment:v2/predict",
+                                content=b'{"inputs": ["good", "bad \\ud800"]}',
+                                headers={"Content-Type": "application/json"})
+    assert_error(response, 422, "invalid_request", "inputs")
