@@ -73,7 +73,9 @@ def test_sst2_fine_tune_and_predict(kind: str, request: pytest.FixtureRequest, t
         assert job["hyperparameters"]["n_epochs"] == 1, job["hyperparameters"]
         assert job["hyperparameters"]["learning_rate"] == pytest.approx(LEARNING_RATE)
         # Progress is written at logging steps, so the last step may not be reported.
-        assert 0 < job["progress"]["step"] <= job["progress"]["total_steps"], job["progress"]
+        progress = job["progress"]
+        assert progress["step"] == progress["total_steps"] > 0, progress
+        assert progress["fraction"] == 1.0, progress
 
         _assert_progress_events(all_events(client, job["id"]))
         checkpoints = expect(client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints"))
