@@ -6,9 +6,26 @@ from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 Row = dict[str, Any]
 Features = dict[str, Any]
+
+
+def load_pretrained(auto_class: type[_BaseAutoModelClass], path: str | Path,
+                    labels: list[str] | None = None) -> PreTrainedModel:
+    """Load weights from a directory (safetensors only); labels given = a new head for them."""
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if labels is not None:
+        kwargs |= {
+            # A fine-tuned model used as a base may have another label set: new head.
+            "ignore_mismatched_sizes": True,
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    model: PreTrainedModel = auto_class.from_pretrained(str(path), **kwargs)
+    return model
 
 
 class TaskAdapter(ABC):

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from app.errors import DatasetInvalid
-from app.ml.tasks.base import Features, Row, TaskAdapter
+from app.ml.tasks.base import Features, Row, TaskAdapter, load_pretrained
 
 PREDICT_BATCH = 32
 
@@ -96,19 +96,7 @@ class TextClassification(TaskAdapter):
         return DataCollatorWithPadding(tokenizer)
 
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
-        kwargs: dict[str, Any] = {"use_safetensors": True}
-        if labels is not None:
-            kwargs |= {
-                # A fine-tuned model used as a base may have another label set: new head.
-                "ignore_mismatched_sizes": True,
-                "num_labels": len(labels),
-                "id2label": dict(enumerate(labels)),
-                "label2id": {label: i for i, label in enumerate(labels)},
-            }
-        model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-            str(path), **kwargs
-        )
-        return model
+        return load_pretrained(AutoModelForSequenceClassification, path, labels)
 
     def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str]) -> dict[str, float]:
         logits = np.asarray(logits)

@@ -1,0 +1,60 @@
+"""Prediction: the model over each input, windowed as in training so long inputs lose nothing,
+then its token scores grouped into entities."""
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from app.ml.tasks.token_classification.encoding import WINDOW_STRIDE, window_features, windows
+from app.ml.tasks.token_classification.entities import (
+    DEFAULT_AGGREGATION,
+    TokenScores,
+    aggregate,
+    without_overlaps,
+)
+
+PREDICT_BATCH = 32
+
+
+def predict_entities(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     inputs: list[str], parameters: dict[str, Any],
+                     max_length: int) -> list[list[dict[str, Any]]]:
+    """Each input's entities, as the Hugging Face token-classification parameters ask."""
+    id2label: dict[int, str] = {int(k): v for k, v in (model.config.id2label or {}).items()}
+    strategy = parameters.get("aggregation_strategy") or DEFAULT_AGGREGATION
+    ignore = parameters.get("ignore_labels")
+    ignore_labels = ["O"] if ignore is None else list(ignore)
+    stride = parameters.get("stride")
+    token_scores = score_tokens(model, tokenizer, inputs, max_length - 2,
+                                WINDOW_STRIDE if stride is None else stride)
+    return [without_overlaps(aggregate(text, tokens, id2label, strategy, ignore_labels), text)
+            for text, tokens in zip(inputs, token_scores, strict=True)]
+
+
+def score_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 texts: list[str], body: int, stride: int) -> list[list[TokenScores]]:
+    """Each input's tokens (specials excluded) with their label probabilities."""
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)
+    jobs = []  # (input, window, features)
+    for i in range(len(texts)):
+        for window in windows(len(encoded["input_ids"][i]), body, stride):
+            jobs.append((i, window, window_features(tokenizer, encoded["input_ids"][i], window)))
+    probs: list[np.ndarray] = [np.zeros((len(ids), 0)) for ids in encoded["input_ids"]]
+    # Sorting by length keeps padding, and so wasted compute, small within each batch.
+    jobs.sort(key=lambda job: len(job[2]["input_ids"]))
+    for start in range(0, len(jobs), PREDICT_BATCH):
+        chunk = jobs[start:start + PREDICT_BATCH]
+        batch = tokenizer.pad([features for _, _, features in chunk], return_tensors="pt")
+        batch = batch.to(model.device)
+        scores = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
+        for (i, window, _), window_scores in zip(chunk, scores, strict=True):
+            if probs[i].shape[1] == 0:
+                probs[i] = np.zeros((len(encoded["input_ids"][i]), window_scores.shape[-1]))
+            own = slice(window.own_start - window.start + 1, window.own_end - window.start + 1)
+            probs[i][window.own_start:window.own_end] = window_scores[own]
+    return [[TokenScores(p + 1, start, end, encoded.word_ids(i)[p], probs[i][p])
+             for p, (start, end) in enumerate(encoded["offset_mapping"][i])]
+            for i in range(len(texts))]
