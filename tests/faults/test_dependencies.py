@@ -51,8 +51,9 @@ def split(tmp_path: Path, models_dir: Path, database: str, broker: str,
 
 def test_redis_restart_mid_training(tmp_path: Path, models_dir: Path, postgres_url: str,
                                     private_redis: PrivateRedis) -> None:
-    # Long enough to still be training after the outage and the requests made during it.
-    training = JobSpec(suffix="redis-running", batch_size=1024)
+    # Long enough to still be training after the outage and the requests made during it,
+    # even on an idle machine where a tiny-model step takes a few milliseconds.
+    training = JobSpec(suffix="redis-running", batch_size=1024, n_epochs=8)
     waiting = JobSpec(suffix="redis-waiting", steps=6, batch_size=64, eval_steps=6)
     during = JobSpec(suffix="redis-during", steps=6, batch_size=64, eval_steps=6)
     deployment = split(tmp_path, models_dir, postgres_url, private_redis.url)
@@ -82,7 +83,7 @@ def test_redis_restart_mid_training(tmp_path: Path, models_dir: Path, postgres_u
         assert_attempts_sequential(story)
         assert versions_of(client, training.suffix) == [done["fine_tuned_model"]]
         assert versions_of(client, during.suffix) == [recovered["fine_tuned_model"]]
-        assert done["progress"]["step"] == training.steps, done
+        assert done["progress"]["step"] == training.steps * training.n_epochs, done
 
         # The job that was waiting in Redis when it restarted: it must still run.
         deadline = time.monotonic() + 45
