@@ -10,52 +10,25 @@ max_length and seed. Sentences/s is training sentences over training seconds (th
 from the job's `train_runtime_s`, which also holds its one end-of-epoch evaluation).
 Entity F1 is seqeval's on the test split: for the service both as the job evaluated it (first
 sub-token of each CoNLL token, like the plain loop) and through the predict endpoint (raw text
-in, character spans out, mapped back onto the tokens). See bench/CONLL.md.
+in, character spans out, mapped back onto the tokens). See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import random
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+# bench/common.py: run as a script, this folder is first on sys.path.
+import common
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "conll2003"
-RESULTS = REPO / "bench" / "results"
-BASE_MODEL = "minilm-l6"
-API_KEY = "bench-" + os.urandom(8).hex()
+DATA = common.SHARED_DATA / "conll2003"
 PREDICT_CHUNK = 200
-
-
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps({"tokens": r["tokens"], "tags": r["tags"]}) + "\n"
-                            for r in rows), encoding="utf-8")
+COLUMNS = ("tokens", "tags")
 
 
 def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
@@ -67,97 +40,13 @@ def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
 # ---------------------------------------------------------------- the service
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def running_service(url: str | None) -> Iterator[str]:
-    """The given service, or a fresh `tuneforge serve` in a temporary data folder."""
-    if url:
-        yield url.rstrip("/")
-        return
-    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as data_dir:
-        port = free_port()
-        env = {**os.environ, "TUNEFORGE_DATA_DIR": data_dir, "TUNEFORGE_PORT": str(port),
-               "TUNEFORGE_BOOTSTRAP_KEY": API_KEY}
-        with (Path(data_dir) / "serve.log").open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO,
-                                       env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-            base = f"http://127.0.0.1:{port}"
-            try:
-                _wait_healthy(process, base)
-                yield base
-            finally:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], base: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("tuneforge serve exited during start-up")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("tuneforge serve did not become healthy in 120s")
-
-
-class Service:
-    def __init__(self, base: str):
-        self.client = httpx.Client(base_url=base, timeout=600,
-                                   headers={"Authorization": f"Bearer {API_KEY}"})
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.client.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:500]}")
-        return response.json()
-
-    def upload(self, path: Path) -> str:
-        with path.open("rb") as handle:
-            body = self.call("POST", "/v1/files", data={"purpose": "fine-tune"},
-                             files={"file": (path.name, handle, "application/jsonl")})
-        return str(body["id"])
-
-    def fine_tune(self, train_id: str, eval_id: str, args: argparse.Namespace) -> dict[str, Any]:
-        job = self.call("POST", "/v1/fine_tuning/jobs", json={
-            "model": BASE_MODEL, "training_file": train_id, "validation_file": eval_id,
-            "seed": args.seed, "task": "token-classification",
-            "hyperparameters": {"n_epochs": args.epochs, "batch_size": args.batch_size,
-                                "learning_rate": args.learning_rate,
-                                "max_length": args.max_length}})
-        started = time.perf_counter()
-        while job["status"] not in {"succeeded", "failed", "cancelled"}:
-            time.sleep(0.5)
-            job = self.call("GET", f"/v1/fine_tuning/jobs/{job['id']}")
-        if job["status"] != "succeeded":
-            raise RuntimeError(f"job {job['id']} {job['status']}: {job.get('error')}")
-        job["_wall_s"] = time.perf_counter() - started
-        return job
-
-    def predicted_tags(self, model: str, rows: list[dict[str, Any]]) -> list[list[str]]:
-        tags: list[list[str]] = []
-        for start in range(0, len(rows), PREDICT_CHUNK):
-            chunk = rows[start:start + PREDICT_CHUNK]
-            outputs = self.call("POST", f"/v1/models/{model}/predict", json={
-                "inputs": [" ".join(r["tokens"]) for r in chunk],
-                "parameters": {"aggregation_strategy": "first"}})
-            tags.extend(tags_from_spans(r["tokens"], entities)
-                        for r, entities in zip(chunk, outputs, strict=True))
-        return tags
+def predicted_tags(service: common.Service, model: str,
+                   rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Tags for CoNLL tokens from the predict endpoint, given the sentence as raw text."""
+    outputs = service.predict(model, [" ".join(r["tokens"]) for r in rows], PREDICT_CHUNK,
+                              parameters={"aggregation_strategy": "first"})
+    return [tags_from_spans(r["tokens"], entities)
+            for r, entities in zip(rows, outputs, strict=True)]
 
 
 def tags_from_spans(tokens: list[str], entities: list[dict[str, Any]]) -> list[str]:
@@ -176,15 +65,14 @@ def tags_from_spans(tokens: list[str], entities: list[dict[str, Any]]) -> list[s
 
 def service_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
                 full_test: list[dict[str, Any]] | None, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp, running_service(args.url) as base:
-        service = Service(base)
-        train_path, test_path = Path(tmp) / "conll-train.jsonl", Path(tmp) / "conll-test.jsonl"
-        write_jsonl(train_path, train)
-        write_jsonl(test_path, test)
-        job = service.fine_tune(service.upload(train_path), service.upload(test_path), args)
+    with common.running_service(args.url) as base:
+        service = common.Service(base)
+        job = service.fine_tune(service.upload_rows("conll-train.jsonl", train, COLUMNS),
+                                service.upload_rows("conll-test.jsonl", test, COLUMNS),
+                                args, task="token-classification")
         metrics = job["metrics"]
         started = time.perf_counter()
-        served = service.predicted_tags(job["fine_tuned_model"], test)
+        served = predicted_tags(service, job["fine_tuned_model"], test)
         result = {
             "job": job["id"],
             "sentences_per_s": len(train) * args.epochs / metrics["train_runtime_s"],
@@ -195,7 +83,7 @@ def service_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
             "predict_test_s": time.perf_counter() - started,
         }
         if full_test:
-            served = service.predicted_tags(job["fine_tuned_model"], full_test)
+            served = predicted_tags(service, job["fine_tuned_model"], full_test)
             result["served_full_test_entity_f1"] = entity_f1([r["tags"] for r in full_test],
                                                              served)
         return result
@@ -215,7 +103,6 @@ def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
         AutoModelForTokenClassification,
         AutoTokenizer,
         DataCollatorForTokenClassification,
-        get_scheduler,
         set_seed,
     )
 
@@ -247,16 +134,7 @@ def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
     collator = DataCollatorForTokenClassification(tokenizer)
     loader: DataLoader[Any] = DataLoader(encode(train), shuffle=True,  # type: ignore[arg-type]
                                          batch_size=args.batch_size, collate_fn=collator)
-    no_decay = ("bias", "LayerNorm.weight")
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in model.named_parameters() if not any(d in n for d in no_decay)],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(d in n for d in no_decay)],
-         "weight_decay": 0.0}], lr=args.learning_rate)
-    total = len(loader) * args.epochs
-    scheduler = get_scheduler("linear", optimizer,
-                              num_warmup_steps=math.ceil(total * args.warmup_ratio),
-                              num_training_steps=total)
+    optimizer, scheduler = common.adamw_with_warmup(model, args, len(loader) * args.epochs)
     started = time.perf_counter()
     model.train()
     for _ in range(args.epochs):
@@ -299,13 +177,9 @@ FIELDS = [("sentences_per_s", "sentences/s", "{:.2f}"),
 
 
 def table(service: dict[str, Any], baseline: dict[str, Any]) -> str:
-    lines = [f"{'':<18}{'service':>12}{'plain loop':>12}{'ratio':>9}"]
+    # The service's full-test F1 is the one through /predict: it sits in that row.
     service = {**service, "full_test_entity_f1": service.get("served_full_test_entity_f1")}
-    for key, name, fmt in FIELDS:
-        s, b = service.get(key), baseline.get(key)
-        ratio = f"{s / b:.2f}x" if s is not None and b else "-"
-        lines.append(f"{name:<18}{fmt.format(s) if s is not None else '-':>12}"
-                     f"{fmt.format(b) if b is not None else '-':>12}{ratio:>9}")
+    lines = common.comparison_table("", FIELDS, service, baseline)
     lines.append(f"{'served test F1':<18}{service['served_test_entity_f1']:>12.4f}")
     return "\n".join(lines)
 
@@ -324,12 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", help="use this running service instead of starting one")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args(argv)
-    # The service's defaults for what the job does not state (app/ml/hyperparameters.py).
-    args.warmup_ratio, args.weight_decay = 0.06, 0.01
+    common.add_service_defaults(args)
     random.seed(args.seed)
 
-    train = read_jsonl(args.data / "train.jsonl", args.sentences)
-    full = read_jsonl(args.data / "test.jsonl")
+    train = common.read_jsonl(args.data / "train.jsonl", args.sentences)
+    full = common.read_jsonl(args.data / "test.jsonl")
     test = full[:args.test_sentences]
     print(f"CoNLL-2003: {len(train)} train sentences, test {len(test)}"
           f"{f' and all {len(full)}' if args.full_test else ''}, {args.epochs} epoch(s), "
@@ -340,17 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     print("plain loop:", json.dumps(baseline), flush=True)
     print()
     print(table(service, baseline))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"conll-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+    common.write_results("conll", args, {
         "service": service, "baseline": baseline,
-        "ratios_service_over_baseline": {
-            k: service[k] / baseline[k] for k in ("sentences_per_s", "test_entity_f1")},
-    }, indent=2))
-    print(f"\nwrote {out.relative_to(REPO)}")
+        "ratios_service_over_baseline": common.ratios(
+            service, baseline, ["sentences_per_s", "test_entity_f1"]),
+    })
 
 
 if __name__ == "__main__":

@@ -11,50 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import httpx
+# bench/common.py: run as a script, this folder is first on sys.path.
+import common
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "sst2"
-RESULTS = REPO / "bench" / "results"
-BASE_MODEL = "minilm-l6"
-API_KEY = "bench-" + os.urandom(8).hex()
+DATA = common.SHARED_DATA / "sst2"
 PREDICT_CHUNK = 256  # the service's default max_predict_inputs
-
-
-# ---------------------------------------------------------------- data
-
-
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps({"text": row["text"], "label": row["label"]}) + "\n")
+COLUMNS = ("text", "label")
 
 
 def accuracy(predicted: list[str], rows: list[dict[str, Any]]) -> float:
@@ -64,103 +33,13 @@ def accuracy(predicted: list[str], rows: list[dict[str, Any]]) -> float:
 # ---------------------------------------------------------------- the service
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def running_service(url: str | None) -> Iterator[str]:
-    """Yield the base URL of a service: the given one, or a fresh `tuneforge serve`."""
-    if url:
-        yield url.rstrip("/")
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
-    port = free_port()
-    env = {**os.environ, "TUNEFORGE_DATA_DIR": str(data_dir), "TUNEFORGE_PORT": str(port),
-           "TUNEFORGE_BOOTSTRAP_KEY": API_KEY}
-    log = (data_dir / "serve.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"tuneforge serve exited; see {data_dir / 'serve.log'}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("tuneforge serve did not become healthy in 120s")
-            time.sleep(0.3)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-class Service:
-    def __init__(self, base: str):
-        self.client = httpx.Client(base_url=base, timeout=600,
-                                   headers={"Authorization": f"Bearer {API_KEY}"})
-
-    def _check(self, response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            raise RuntimeError(f"{response.request.method} {response.request.url}: "
-                               f"{response.status_code} {response.text[:500]}")
-        return response.json()
-
-    def upload(self, path: Path) -> str:
-        with path.open("rb") as handle:
-            body = self._check(self.client.post(
-                "/v1/files", files={"file": (path.name, handle, "application/jsonl")},
-                data={"purpose": "fine-tune"}))
-        file_id: str = body["id"]
-        return file_id
-
-    def fine_tune(self, train_id: str, dev_id: str, args: argparse.Namespace) -> dict[str, Any]:
-        body = {"model": BASE_MODEL, "training_file": train_id, "validation_file": dev_id,
-                "seed": args.seed,
-                "hyperparameters": {"n_epochs": args.epochs, "batch_size": args.batch_size,
-                                    "learning_rate": args.learning_rate,
-                                    "max_length": args.max_length}}
-        started = time.perf_counter()
-        job = self._check(self.client.post("/v1/fine_tuning/jobs", json=body))
-        while job["status"] not in {"succeeded", "failed", "cancelled"}:
-            time.sleep(0.25)
-            job = self._check(self.client.get(f"/v1/fine_tuning/jobs/{job['id']}"))
-        wall = time.perf_counter() - started
-        if job["status"] != "succeeded":
-            raise RuntimeError(f"job {job['id']} {job['status']}: {job.get('error')}")
-        job["_wall_s"] = wall
-        return job
-
-    def predict_labels(self, model: str, texts: list[str]) -> list[str]:
-        labels: list[str] = []
-        for start in range(0, len(texts), PREDICT_CHUNK):
-            out = self._check(self.client.post(f"/v1/models/{model}/predict",
-                                               json={"inputs": texts[start:start + PREDICT_CHUNK]}))
-            labels.extend(ranked[0]["label"] for ranked in out)
-        return labels
-
-
-def service_run(service: Service, train_id: str, dev_id: str, dev: list[dict[str, Any]],
-                n_rows: int, args: argparse.Namespace) -> dict[str, Any]:
+def service_run(service: common.Service, train_id: str, dev_id: str,
+                dev: list[dict[str, Any]], n_rows: int, args: argparse.Namespace) -> dict[str, Any]:
     job = service.fine_tune(train_id, dev_id, args)
     metrics = job.get("metrics") or {}
     started = time.perf_counter()
-    predicted = service.predict_labels(job["fine_tuned_model"], [r["text"] for r in dev])
+    outputs = service.predict(job["fine_tuned_model"], [r["text"] for r in dev], PREDICT_CHUNK)
+    predicted = [ranked[0]["label"] for ranked in outputs]
     predict_s = time.perf_counter() - started
     return {
         "job": job["id"],
@@ -186,7 +65,6 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
-        get_scheduler,
         set_seed,
     )
 
@@ -213,18 +91,8 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
                                                batch_size=args.batch_size, collate_fn=collator)
     dev_loader: DataLoader[Any] = DataLoader(dev_features, batch_size=args.batch_size,
                                              collate_fn=collator)
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(d in n for d in no_decay)],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(d in n for d in no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     total_steps = len(train_loader) * args.epochs
-    scheduler = get_scheduler("linear", optimizer,
-                              num_warmup_steps=math.ceil(total_steps * args.warmup_ratio),
-                              num_training_steps=total_steps)
+    optimizer, scheduler = common.adamw_with_warmup(model, args, total_steps)
     padded_tokens = real_tokens = 0
     train_s = eval_s = 0.0
     correct = 0
@@ -279,14 +147,11 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, float]:
 def table(service: dict[str, float] | None, baseline: dict[str, float] | None,
           repeats: int) -> str:
     head = "median of " + str(repeats) if repeats > 1 else "single run"
-    lines = [f"{'(' + head + ')':<18}{'service':>12}{'plain loop':>12}{'ratio':>9}"]
-    for key, name, fmt in FIELDS:
-        s = service.get(key) if service else None
-        b = baseline.get(key) if baseline else None
-        ratio = f"{s / b:.2f}x" if s is not None and b else "-"
-        lines.append(f"{name:<18}{fmt.format(s) if s is not None else '-':>12}"
-                     f"{fmt.format(b) if b is not None else '-':>12}{ratio:>9}")
-    return "\n".join(lines)
+    return "\n".join(common.comparison_table(f"({head})", FIELDS, service, baseline))
+
+
+def rounded(run: dict[str, Any]) -> str:
+    return json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in run.items()})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,62 +169,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data", type=Path, default=DATA, help="folder with SST-2 jsonl")
     args = parser.parse_args(argv)
-    # On SIGTERM, unwind normally so a service this run started is stopped with it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    # The service's defaults for what the job does not state (app/ml/hyperparameters.py).
-    args.warmup_ratio, args.weight_decay = 0.06, 0.01
+    common.add_service_defaults(args)
 
-    train = read_jsonl(args.data / "train.jsonl", args.rows)
-    dev = read_jsonl(args.data / "dev.jsonl")
+    train = common.read_jsonl(args.data / "train.jsonl", args.rows)
+    dev = common.read_jsonl(args.data / "dev.jsonl")
     print(f"SST-2: {len(train)} train rows, {len(dev)} dev rows, {args.epochs} epoch(s), "
           f"batch {args.batch_size}, lr {args.learning_rate}, max_length {args.max_length}, "
           f"seed {args.seed}, {os.cpu_count()} CPUs", flush=True)
 
     service_runs: list[dict[str, Any]] = []
     baseline_runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        train_path, dev_path = Path(tmp) / "sst2-train.jsonl", Path(tmp) / "sst2-dev.jsonl"
-        write_jsonl(train_path, train)
-        write_jsonl(dev_path, dev)
-        serving = nullcontext("") if args.skip_service else running_service(args.url)
-        with serving as base:
-            service = Service(base)
+    serving = nullcontext("") if args.skip_service else common.running_service(args.url)
+    with serving as base:
+        service = common.Service(base)
+        if not args.skip_service:
+            train_id = service.upload_rows("sst2-train.jsonl", train, COLUMNS)
+            dev_id = service.upload_rows("sst2-dev.jsonl", dev, COLUMNS)
+        for repeat in range(args.repeats):
             if not args.skip_service:
-                train_id, dev_id = service.upload(train_path), service.upload(dev_path)
-            for repeat in range(args.repeats):
-                if not args.skip_service:
-                    run = service_run(service, train_id, dev_id, dev, len(train), args)
-                    service_runs.append(run)
-                    print(f"[{repeat + 1}/{args.repeats}] service: "
-                          + json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                        for k, v in run.items()}), flush=True)
-                if not args.skip_baseline:
-                    run = baseline_run(train, dev, args)
-                    baseline_runs.append(run)
-                    print(f"[{repeat + 1}/{args.repeats}] plain loop: "
-                          + json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                        for k, v in run.items()}), flush=True)
+                run = service_run(service, train_id, dev_id, dev, len(train), args)
+                service_runs.append(run)
+                print(f"[{repeat + 1}/{args.repeats}] service: {rounded(run)}", flush=True)
+            if not args.skip_baseline:
+                run = baseline_run(train, dev, args)
+                baseline_runs.append(run)
+                print(f"[{repeat + 1}/{args.repeats}] plain loop: {rounded(run)}", flush=True)
 
     service_median = median_of(service_runs) if service_runs else None
     baseline_median = median_of(baseline_runs) if baseline_runs else None
     print()
     print(table(service_median, baseline_median, args.repeats))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"sst2-{stamp}.json"
     ratios = {}
     if service_median and baseline_median:
-        ratios = {k: service_median[k] / baseline_median[k] for k, _, _ in FIELDS
-                  if service_median.get(k) is not None and baseline_median.get(k)}
-    out.write_text(json.dumps({
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        ratios = common.ratios(service_median, baseline_median, [k for k, _, _ in FIELDS])
+    common.write_results("sst2", args, {
         "service": {"runs": service_runs, "median": service_median},
         "baseline": {"runs": baseline_runs, "median": baseline_median},
         "ratios_service_over_baseline": ratios,
-    }, indent=2))
-    print(f"\nwrote {out.relative_to(REPO)}")
+    })
 
 
 if __name__ == "__main__":
