@@ -65,6 +65,10 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
     training = get_file(session, project_id, body["training_file"])
     validation = (get_file(session, project_id, body["validation_file"])
                   if body.get("validation_file") else None)
+    if validation is not None and validation.sha256 == training.sha256:
+        raise InvalidRequest("validation_file has the same contents as training_file; "
+                             "evaluating on training rows would overstate every metric.",
+                             param="validation_file", code="validation_overlaps_training")
     task = body.get("task") or training.detected_task
     get_task(task)
     for role, record in (("training_file", training), ("validation_file", validation)):

@@ -1,5 +1,6 @@
 """One attempt at a job, as a worker runs it: claim, train with progress, record the outcome."""
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from app.db.session import retry_on_outage, session_scope
 from app.ids import new_id, now
 from app.ml.base_models import resolve_base_model
 from app.ml.hyperparameters import resolve
+from app.ml.tasks.base import Row
 from app.ml.tasks.registry import get_task
 from app.ml.training import (
     TrainingPlan,
@@ -121,12 +123,23 @@ class _Prepared:
     artifact_key: str
 
 
+def _warn_about_overlap(session: Session, job_id: str, train_rows: list[Row],
+                        eval_rows: list[Row]) -> None:
+    """Rows in both files inflate evaluation; say how many, since small overlaps are common."""
+    seen = {json.dumps(row, sort_keys=True) for row in train_rows}
+    shared = sum(json.dumps(row, sort_keys=True) in seen for row in eval_rows)
+    if shared:
+        record_event(session, job_id, f"{shared} of {len(eval_rows)} validation rows also "
+                     "appear in the training file; their metrics are optimistic.", level="warn")
+
+
 def _prepare(session: Session, settings: Settings, store: ArtifactStore,
              job: FineTuningJob) -> _Prepared:
     task = get_task(job.task)
     train_rows = load_rows(store, settings, session.get_one(DatasetFile, job.training_file))
     if job.validation_file:
         eval_rows = load_rows(store, settings, session.get_one(DatasetFile, job.validation_file))
+        _warn_about_overlap(session, job.id, train_rows, eval_rows)
     else:
         fraction = min(HELD_OUT_FRACTION, MAX_HELD_OUT_ROWS / len(train_rows))
         train_rows, eval_rows = stratified_split(train_rows, fraction, job.seed,
