@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     model_cache_size: int = 4
 
     # Jobs.
+    # Longest one attempt may train; then the job fails with time_limit_exceeded. The
+    # broker's redelivery timeout is set above it (worker/celery_app.py).
+    max_job_seconds: int = 24 * 3600
     lease_seconds: int = 90
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3

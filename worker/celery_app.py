@@ -7,14 +7,13 @@ from app.config import Settings, get_settings
 from app.services.leases import WORKER_DRAINING
 
 TRAIN_TASK = "tuneforge.train_job"
-# Longest a single job may run; the broker's redelivery timeout must exceed it, or a
-# long job would be handed to a second worker while the first still trains it.
-MAX_JOB_SECONDS = 24 * 3600
 
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("tuneforge", broker=settings.resolved_broker_url, include=["worker.tasks"])
-    transport: dict[str, object] = {"visibility_timeout": MAX_JOB_SECONDS + 3600}
+    # Redis redelivers unacked messages after the visibility timeout: it must exceed the
+    # longest job, or a long job would be handed to a second worker while the first trains.
+    transport: dict[str, object] = {"visibility_timeout": settings.max_job_seconds + 3600}
     if settings.is_embedded:
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):
@@ -42,7 +41,10 @@ def create_celery(settings: Settings) -> Celery:
         # If run with a prefork pool: a fresh process per job returns all the memory a
         # training run took. (`tuneforge worker` uses the solo pool; see app/cli.py.)
         worker_max_tasks_per_child=1,
-        task_time_limit=MAX_JOB_SECONDS,
+        # Under a prefork pool, a hard backstop a little past our own limit. The solo pool
+        # `tuneforge worker` uses has no Celery time limits: the training loop enforces
+        # max_job_seconds itself (app/services/leases.py), cleanly, between steps.
+        task_time_limit=settings.max_job_seconds + 600,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         # After losing Redis, stop running tasks: the redelivered message resumes from a

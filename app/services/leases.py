@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -57,6 +58,7 @@ class Heartbeat:
         self.settings = settings
         self.claim = claim
         self.stop_reason: str | None = None
+        self._deadline = time.monotonic() + settings.max_job_seconds
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
 
@@ -89,8 +91,10 @@ class Heartbeat:
             self.stop_reason = "pause"
 
     def stop_requested(self) -> str | None:
-        if WORKER_DRAINING.is_set() and self.stop_reason is None:
+        if self.stop_reason is None and WORKER_DRAINING.is_set():
             return "requeue"
+        if self.stop_reason is None and time.monotonic() > self._deadline:
+            return "timeout"
         return self.stop_reason
 
     def _run(self) -> None:

@@ -182,6 +182,11 @@ def _record_outcome(settings: Settings, store: ArtifactStore, claim: Claim,
         elif result.stopped == "pause":
             job.status, job.pause_requested = "paused", False
             record_event(session, job.id, "Job paused at a checkpoint.")
+        elif result.stopped == "timeout":
+            job.status, job.finished_at = "failed", now()
+            job.error = {"code": "time_limit_exceeded", "param": None,
+                         "message": f"Training ran longer than {settings.max_job_seconds} s."}
+            record_event(session, job.id, job.error["message"], level="error")
         elif result.stopped == "requeue":
             # The API's sweep sends it again; a worker resumes it from the checkpoint.
             job.status, job.dispatched_at = "queued", None

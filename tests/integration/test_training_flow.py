@@ -404,3 +404,15 @@ def test_predict_rejects_a_lone_surrogate(flow: Flow) -> None:
                                 content=b'{"inputs": ["good", "bad \\ud800"]}',
                                 headers={"Content-Type": "application/json"})
     assert_error(response, 422, "invalid_request", "inputs")
+
+
+def test_an_attempt_over_the_time_limit_fails_cleanly(tmp_path: Path, models_dir: Path) -> None:
+    with running_app(tmp_path / "data", models_dir, MAX_JOB_SECONDS="0") as (client, _):
+        file_id = upload_rows(client)["id"]
+        job = create_job(client, model=BASE_MODEL, training_file=file_id,
+                         hyperparameters={"n_epochs": 1, "batch_size": 8})
+        failed = train(client, job["id"])
+        assert failed["status"] == "failed", failed
+        assert failed["error"]["code"] == "time_limit_exceeded"
+        assert failed["fine_tuned_model"] is None and failed["finished_at"] is not None
+        assert failed["progress"]["step"] == 1  # it stopped after its first step
