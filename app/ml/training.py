@@ -73,6 +73,7 @@ class TrainingResult:
     best_checkpoint: Path | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
     train_runtime_s: float = 0.0
+    evaluate_and_save_s: float = 0.0
     train_samples_per_s: float = 0.0
     trained_tokens: int = 0
 
@@ -105,12 +106,12 @@ class _ServiceCallback(TrainerCallback):
         self.stop_reason: str | None = None
         self.eval_by_step: dict[int, dict[str, float]] = {}
         self._started = time.monotonic()
-        self._start_step = 0
+        self.start_step = 0
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kwargs: Any) -> None:
         self._started = time.monotonic()
-        self._start_step = state.global_step
+        self.start_step = state.global_step
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState,
                     control: TrainerControl, **kwargs: Any) -> None:
@@ -135,7 +136,7 @@ class _ServiceCallback(TrainerCallback):
         if "loss" not in logs:
             return
         elapsed = max(time.monotonic() - self._started, 1e-6)
-        steps_done = state.global_step - self._start_step
+        steps_done = state.global_step - self.start_step
         rate = steps_done / elapsed
         remaining = state.max_steps - state.global_step
         self.observer.on_progress({
@@ -228,7 +229,26 @@ def _is_quality(key: str) -> bool:
 
 
 class _ServiceTrainer(Trainer):
-    """Trainer with our length-grouped, resume-exact sampler."""
+    """Trainer with our length-grouped, resume-exact sampler, that also times how much of
+    `train()` went to evaluation and checkpoints rather than to training steps."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.evaluate_and_save_s = 0.0
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        started = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.evaluate_and_save_s += time.perf_counter() - started
+
+    def _save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        try:
+            super()._save_checkpoint(*args, **kwargs)
+        finally:
+            self.evaluate_and_save_s += time.perf_counter() - started
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
         dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
@@ -319,14 +339,27 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     best = trainer.state.best_model_checkpoint
     best_step = int(Path(best).name.split("-")[-1]) if best else trainer.state.global_step
     tokens = sum(len(f["input_ids"]) for f in train_features) * hp.n_epochs
+    runtime = float(output.metrics.get("train_runtime", 0.0))
     return TrainingResult(
         stopped=None,
         best_checkpoint=Path(best) if best else None,
         best_metrics=callback.eval_by_step.get(best_step, {}),
-        train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
-        train_samples_per_s=float(output.metrics.get("train_samples_per_second", 0.0)),
+        train_runtime_s=runtime,
+        evaluate_and_save_s=trainer.evaluate_and_save_s,
+        train_samples_per_s=_samples_per_training_second(trainer, callback, runtime,
+                                                         len(train_features) * hp.n_epochs),
         trained_tokens=tokens,
     )
+
+
+def _samples_per_training_second(trainer: _ServiceTrainer, callback: _ServiceCallback,
+                                 runtime: float, samples: int) -> float:
+    """Rows trained per second of training steps: this attempt's steps only, with the
+    time spent evaluating and writing checkpoints left out (as a plain loop reports it)."""
+    state = trainer.state
+    done = samples * (state.global_step - callback.start_step) / max(state.max_steps, 1)
+    stepping = runtime - trainer.evaluate_and_save_s
+    return done / stepping if stepping > 0 else 0.0
 
 
 def _metrics(plan: TrainingPlan, prediction: EvalPrediction) -> dict[str, float]:

@@ -204,6 +204,7 @@ def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob
     assert result.best_checkpoint is not None
     strip_resume_state(prepared.plan.output_dir)
     metrics = {**result.best_metrics, "train_runtime_s": round(result.train_runtime_s, 3),
+               "evaluate_and_save_s": round(result.evaluate_and_save_s, 3),
                "train_samples_per_s": round(result.train_samples_per_s, 2)}
     # Lineage records the values training used, "auto" resolved.
     job.hyperparameters = prepared.plan.hyperparameters.as_dict()
