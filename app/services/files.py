@@ -18,6 +18,7 @@ from app.ids import new_id, now
 from app.ml.datasets import detect_format, read_rows
 from app.ml.tasks.base import Row
 from app.ml.tasks.registry import detect_task, get_task
+from app.services.pages import newest_first
 from app.storage.artifacts import ArtifactStore
 
 CHUNK = 1024 * 1024
@@ -109,14 +110,8 @@ def list_files(session: Session, project_id: str, after: str | None,
                limit: int) -> tuple[Sequence[DatasetFile], bool]:
     """Newest first, `limit` at a time; `after` is the last id of the previous page."""
     query = select(DatasetFile).where(DatasetFile.project_id == project_id)
-    if after:
-        cursor = get_file(session, project_id, after)
-        query = query.where(
-            (DatasetFile.created_at < cursor.created_at)
-            | ((DatasetFile.created_at == cursor.created_at) & (DatasetFile.id < cursor.id)))
-    rows = session.scalars(query.order_by(DatasetFile.created_at.desc(), DatasetFile.id.desc())
-                           .limit(limit + 1)).all()
-    return rows[:limit], len(rows) > limit
+    cursor = get_file(session, project_id, after) if after else None
+    return newest_first(session, query, DatasetFile, cursor, limit)
 
 
 def delete_file(session: Session, store: ArtifactStore, project_id: str, file_id: str) -> None:

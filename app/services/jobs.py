@@ -24,6 +24,7 @@ from app.ml.base_models import resolve_base_model
 from app.ml.tasks.registry import get_task
 from app.services import registry
 from app.services.files import get_file
+from app.services.pages import newest_first
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -128,14 +129,8 @@ def list_jobs(session: Session, project_id: str, after: str | None, limit: int,
     query = select(FineTuningJob).where(FineTuningJob.project_id == project_id)
     if status:
         query = query.where(FineTuningJob.status == status)
-    if after:
-        cursor = get_job(session, project_id, after)
-        query = query.where(
-            (FineTuningJob.created_at < cursor.created_at)
-            | ((FineTuningJob.created_at == cursor.created_at) & (FineTuningJob.id < cursor.id)))
-    rows = session.scalars(query.order_by(FineTuningJob.created_at.desc(),
-                                          FineTuningJob.id.desc()).limit(limit + 1)).all()
-    return rows[:limit], len(rows) > limit
+    cursor = get_job(session, project_id, after) if after else None
+    return newest_first(session, query, FineTuningJob, cursor, limit)
 
 
 def cancel_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
