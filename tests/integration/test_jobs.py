@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from tests.integration.conftest import BASE_MODEL
 from tests.integration.helpers import assert_error, upload_rows
+from tests.unit.tiny_model import sentiment_rows
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -51,7 +52,8 @@ def test_create_job_defaults_seed(client: TestClient, training_file: str) -> Non
 
 
 def test_create_job_with_validation_file(client: TestClient, training_file: str) -> None:
-    validation = upload_rows(client, filename="dev.jsonl")["id"]
+    # Rows the training file does not have: an identical file is refused (422).
+    validation = upload_rows(client, sentiment_rows(60)[40:], filename="dev.jsonl")["id"]
     job = create(client, training_file, validation_file=validation)
     assert job["validation_file"] == validation
 
