@@ -248,3 +248,9 @@ def test_queued_job_has_no_checkpoints(client: TestClient, training_file: str) -
     page = client.get(f"{JOBS}/{job['id']}/checkpoints").json()
     assert page == {"object": "list", "data": [], "has_more": False, "first_id": None,
                     "last_id": None}
+
+
+def test_lora_is_refused_until_it_is_built(client: TestClient, training_file: str) -> None:
+    response = client.post(JOBS, json={"model": BASE_MODEL, "training_file": training_file,
+                                       "hyperparameters": {"lora": {"r": 8}}})
+    assert_error(response, 422, "unsupported_hyperparameter", "hyperparameters.lora")
