@@ -77,7 +77,3 @@ class RateLimited(TuneforgeError):
     def __init__(self, message: str, *, retry_after: int, param: str | None = None):
         super().__init__(message, param=param)
         self.retry_after = retry_after
-
-
-class ServiceUnavailable(TuneforgeError):
-    code = "service_unavailable"
