@@ -86,10 +86,18 @@ class JobSpec:
     eval_steps: int = 6
     n_epochs: int = 1
     suffix: str = "fault"
+    # Each training text said this many times. Longer rows make steps of a tenth of a second
+    # or more, so a job outlasts a few heartbeats and polls: with short rows a 36-step job
+    # took about a second, and on a loaded machine could finish before a fault landed.
+    text_repeats: int = 5
 
     @property
     def rows(self) -> int:
         return self.steps * self.batch_size
+
+    def training_rows(self) -> list[dict[str, str]]:
+        rows = sentiment_rows(self.rows)
+        return [{**row, "text": " ".join([row["text"]] * self.text_repeats)} for row in rows]
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"n_epochs": self.n_epochs, "batch_size": self.batch_size,
@@ -103,7 +111,7 @@ class Files:
 
 
 def upload_files(client: httpx.Client, spec: JobSpec) -> Files:
-    training = upload_jsonl(client, f"{spec.suffix}-train.jsonl", sentiment_rows(spec.rows))
+    training = upload_jsonl(client, f"{spec.suffix}-train.jsonl", spec.training_rows())
     validation = upload_jsonl(client, f"{spec.suffix}-dev.jsonl",
                               sentiment_rows(VALIDATION_ROWS))
     return Files(training["id"], validation["id"])

@@ -53,7 +53,7 @@ def test_redis_restart_mid_training(tmp_path: Path, models_dir: Path, postgres_u
                                     private_redis: PrivateRedis) -> None:
     # Long enough to still be training after the outage and the requests made during it,
     # even on an idle machine where a tiny-model step takes a few milliseconds.
-    training = JobSpec(suffix="redis-running", batch_size=1024, n_epochs=8)
+    training = JobSpec(suffix="redis-running", batch_size=1024, n_epochs=8, text_repeats=1)
     waiting = JobSpec(suffix="redis-waiting", steps=6, batch_size=64, eval_steps=6)
     during = JobSpec(suffix="redis-during", steps=6, batch_size=64, eval_steps=6)
     deployment = split(tmp_path, models_dir, postgres_url, private_redis.url)

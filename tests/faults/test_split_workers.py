@@ -100,9 +100,9 @@ def test_sigterm_hands_the_job_back_at_a_checkpoint_and_nothing_is_redone(
 
 def test_a_duplicate_delivery_never_runs_a_second_trainer(
         tmp_path: Path, models_dir: Path, postgres_url: str, redis_url: str) -> None:
-    # Long (progress logged every 10 steps): the idle worker's first task imports torch,
-    # and the duplicate must reach the claim while the job still trains.
-    spec = JobSpec(suffix="duplicate", steps=200, eval_steps=50)
+    # Long (tens of seconds; progress logged every 7 steps): the idle worker's first task
+    # imports torch, and the duplicate must reach the claim while the job still trains.
+    spec = JobSpec(suffix="duplicate", steps=140, eval_steps=35)
     deployment = split(tmp_path, models_dir, postgres_url, redis_url, workers=2)
     with live_service(tmp_path, **deployment) as service, service.client() as client:  # type: ignore[arg-type]
         workers = service.processes[1:]
