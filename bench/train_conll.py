@@ -97,9 +97,10 @@ def service_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
 
 def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
                  full_test: list[dict[str, Any]] | None,
-                 args: argparse.Namespace) -> dict[str, Any]:
+                 args: argparse.Namespace, bf16: bool = False) -> dict[str, Any]:
     """The run_ner_no_trainer shape: random batches, dynamic padding, first sub-token
-    labelled, truncation at max_length, AdamW with linear warmup."""
+    labelled, truncation at max_length, AdamW with linear warmup. With `bf16`, forward
+    passes run under bf16 autocast, as the service's do where native."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import (
@@ -142,7 +143,9 @@ def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
     model.train()
     for _ in range(args.epochs):
         for batch in loader:
-            model(**batch).loss.backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**batch).loss
+            loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -152,7 +155,7 @@ def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
         model.eval()
         gold, predicted = [], []
         features = encode(rows)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for start in range(0, len(features), 64):
                 batch = collator(features[start:start + 64])
                 ids = batch.pop("labels")
@@ -164,7 +167,8 @@ def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
         return entity_f1(gold, predicted)
 
     result = {"sentences_per_s": len(train) * args.epochs / train_s, "train_s": train_s,
-              "test_entity_f1": test_f1(test), "torch_threads": torch.get_num_threads()}
+              "test_entity_f1": test_f1(test), "torch_threads": torch.get_num_threads(),
+              "bf16_autocast": bf16}
     if full_test:
         result["full_test_entity_f1"] = test_f1(full_test)
     return result
@@ -200,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--url", help="use this running service instead of starting one")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--bf16-baseline", action="store_true",
+                        help="also run the plain loop under bf16 autocast, as a second table")
     args = parser.parse_args(argv)
     common.add_service_defaults(args)
     random.seed(args.seed)
@@ -214,12 +220,20 @@ def main(argv: list[str] | None = None) -> None:
     print("service:", json.dumps(service), flush=True)
     baseline = baseline_run(train, test, full if args.full_test else None, args)
     print("plain loop:", json.dumps(baseline), flush=True)
+    bf16 = (baseline_run(train, test, full if args.full_test else None, args, bf16=True)
+            if args.bf16_baseline else None)
+    if bf16:
+        print("plain loop, bf16:", json.dumps(bf16), flush=True)
     print()
     print(table(service, baseline))
+    if bf16:
+        print("\nThe same service run against the plain loop under bf16 autocast:")
+        print(table(service, bf16))
+    keys = ["sentences_per_s", "test_entity_f1"]
     common.write_results("conll", args, {
-        "service": service, "baseline": baseline,
-        "ratios_service_over_baseline": common.ratios(
-            service, baseline, ["sentences_per_s", "test_entity_f1"]),
+        "service": service, "baseline": baseline, "baseline_bf16": bf16,
+        "ratios_service_over_baseline": common.ratios(service, baseline, keys),
+        "ratios_service_over_baseline_bf16": common.ratios(service, bf16, keys) if bf16 else {},
     })
 
 

@@ -59,8 +59,9 @@ def service_run(service: common.Service, train_id: str, dev_id: str,
 
 
 def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
-                 args: argparse.Namespace) -> dict[str, Any]:
-    """The run_glue_no_trainer shape: random batches, dynamic padding, AdamW, linear warmup."""
+                 args: argparse.Namespace, bf16: bool = False) -> dict[str, Any]:
+    """The run_glue_no_trainer shape: random batches, dynamic padding, AdamW, linear warmup.
+    With `bf16`, forward passes run under bf16 autocast, as the service's do where native."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import (
@@ -104,7 +105,8 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
         for batch in train_loader:
             padded_tokens += batch["input_ids"].numel()
             real_tokens += int(batch["attention_mask"].sum())
-            loss = model(**batch).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**batch).loss
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -113,7 +115,7 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
         started = time.perf_counter()
         model.eval()
         correct = 0
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for batch in dev_loader:
                 gold = batch.pop("labels")
                 correct += int((model(**batch).logits.argmax(-1) == gold).sum())
@@ -128,6 +130,7 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
         "train_samples": n_samples,
         "padding_ratio": padded_tokens / max(real_tokens, 1),
         "torch_threads": torch.get_num_threads(),
+        "bf16_autocast": bf16,
     }
 
 
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data", type=Path, default=DATA, help="folder with SST-2 jsonl")
+    parser.add_argument("--bf16-baseline", action="store_true",
+                        help="also run the plain loop under bf16 autocast, as a second table")
     args = parser.parse_args(argv)
     common.add_service_defaults(args)
 
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
 
     service_runs: list[dict[str, Any]] = []
     baseline_runs: list[dict[str, Any]] = []
+    bf16_runs: list[dict[str, Any]] = []
     serving = nullcontext("") if args.skip_service else common.running_service(args.url)
     with serving as base:
         service = common.Service(base)
@@ -196,18 +202,29 @@ def main(argv: list[str] | None = None) -> None:
                 run = baseline_run(train, dev, args)
                 baseline_runs.append(run)
                 print(f"[{repeat + 1}/{args.repeats}] plain loop: {rounded(run)}", flush=True)
+            if args.bf16_baseline:
+                run = baseline_run(train, dev, args, bf16=True)
+                bf16_runs.append(run)
+                print(f"[{repeat + 1}/{args.repeats}] plain loop, bf16: {rounded(run)}",
+                      flush=True)
 
     service_median = median_of(service_runs) if service_runs else None
     baseline_median = median_of(baseline_runs) if baseline_runs else None
     print()
     print(table(service_median, baseline_median, args.repeats))
-    ratios = {}
-    if service_median and baseline_median:
-        ratios = common.ratios(service_median, baseline_median, [k for k, _, _ in FIELDS])
+    bf16_median = median_of(bf16_runs) if bf16_runs else None
+    if bf16_median:
+        print("\nThe same service runs against the plain loop under bf16 autocast:")
+        print(table(service_median, bf16_median, args.repeats))
+    keys = [k for k, _, _ in FIELDS]
     common.write_results("sst2", args, {
         "service": {"runs": service_runs, "median": service_median},
         "baseline": {"runs": baseline_runs, "median": baseline_median},
-        "ratios_service_over_baseline": ratios,
+        "baseline_bf16": {"runs": bf16_runs, "median": bf16_median},
+        "ratios_service_over_baseline": (common.ratios(service_median, baseline_median, keys)
+                                         if service_median and baseline_median else {}),
+        "ratios_service_over_baseline_bf16": (common.ratios(service_median, bf16_median, keys)
+                                              if service_median and bf16_median else {}),
     })
 
 

@@ -31,6 +31,7 @@ from transformers import (
 from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters
+from app.ml.precision import use_bf16
 from app.ml.tasks.base import Row, TaskAdapter
 
 # How often (in optimizer steps) the CPU thread count is re-measured: load on a shared host moves.
@@ -65,6 +66,8 @@ class TrainingPlan:
     hyperparameters: Hyperparameters
     seed: int
     output_dir: Path
+    # bf16 autocast where the hardware computes bf16 natively (app/ml/precision.py).
+    mixed_precision: bool = True
 
 
 @dataclass
@@ -174,8 +177,9 @@ class _ThreadTuner(TrainerCallback):
     THREAD_RETUNE_STEPS steps.
     """
 
-    def __init__(self, model: torch.nn.Module, batch_size: int):
+    def __init__(self, model: torch.nn.Module, batch_size: int, bf16: bool):
         self.model = model
+        self.bf16 = bf16  # timed in the format training computes in: threads scale differently
         top = torch.get_num_threads()
         self.candidates = sorted({top, max(1, top // 2), 1}, reverse=True)
         # About one training batch of short rows: big enough to show how the threads scale.
@@ -200,7 +204,8 @@ class _ThreadTuner(TrainerCallback):
         # Forward and back again through the candidates, so a trend in load cancels out.
         order = self.candidates + self.candidates[::-1]
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                        enabled=self.bf16):
                 torch.set_num_threads(self.candidates[0])
                 self.model(input_ids=probe)  # warm up
                 for n in order:
@@ -288,7 +293,7 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int) -> TrainingArg
         disable_tqdm=True,
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=use_bf16(plan.mixed_precision),
     )
 
 
@@ -314,7 +319,7 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     threads_before = torch.get_num_threads()
     callbacks: list[TrainerCallback] = [callback]
     if not torch.cuda.is_available():
-        callbacks.append(_ThreadTuner(model, hp.batch_size))
+        callbacks.append(_ThreadTuner(model, hp.batch_size, use_bf16(plan.mixed_precision)))
     if hp.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
     trainer = _ServiceTrainer(

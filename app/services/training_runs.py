@@ -17,6 +17,7 @@ from app.db.session import retry_on_outage, session_scope
 from app.ids import new_id, now
 from app.ml.base_models import resolve_base_model
 from app.ml.hyperparameters import resolve
+from app.ml.precision import use_bf16
 from app.ml.tasks.base import Row
 from app.ml.tasks.registry import get_task
 from app.ml.training import (
@@ -155,7 +156,10 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
     plan = TrainingPlan(task=task, base_model=source, train_rows=train_rows,
                         eval_rows=eval_rows, labels=task.labels(train_rows),
                         hyperparameters=hyperparameters, seed=job.seed,
-                        output_dir=store.local_path(job.artifact_key))
+                        output_dir=store.local_path(job.artifact_key),
+                        mixed_precision=settings.mixed_precision)
+    precision = "bf16 mixed precision" if use_bf16(plan.mixed_precision) else "fp32"
+    record_event(session, job.id, f"Training in {precision}.")
     return _Prepared(plan, job.model, job.artifact_key)
 
 
