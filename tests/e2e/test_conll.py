@@ -117,6 +117,7 @@ def test_conll_ner_end_to_end(tmp_path: Path, conll: dict[str, list[dict[str, An
         f1 = _served_entity_f1(client, model, conll["scored"])
         trivial = _trivial_f1(conll["scored"])
         assert trivial < TRIVIAL_F1_CEILING, trivial
+        print(f"E2E conll: served entity F1 {f1:.3f} (bar {MIN_ENTITY_F1}, trivial {trivial:.3f})")
         assert f1 >= MIN_ENTITY_F1, f"entity F1 {f1:.3f} < {MIN_ENTITY_F1} (trivial {trivial:.3f})"
         _assert_single_string_shapes(service, client, model)
 

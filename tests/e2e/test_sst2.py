@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from app.ml.precision import use_bf16
 from tests.live import (
     LiveService,
     all_events,
@@ -87,6 +88,7 @@ def test_sst2_fine_tune_and_predict(kind: str, request: pytest.FixtureRequest, t
             assert checkpoint["fine_tuned_model_checkpoint"]
 
         accuracy = _dev_accuracy(client, model, sst2_dev)
+        print(f"E2E sst2 ({kind}): dev accuracy {accuracy:.3f} (bar {MIN_ACCURACY})")
         assert accuracy >= MIN_ACCURACY, f"{kind}: dev accuracy {accuracy:.3f} < {MIN_ACCURACY}"
 
         if kind == "postgres":
@@ -107,6 +109,10 @@ def _assert_progress_events(events: list[dict[str, Any]]) -> None:
         assert data["step"] > 0 and data["train_loss"] >= 0, data
         assert 0 < data["learning_rate"] <= LEARNING_RATE * 1.0001, data
         assert data["samples_per_s"] > 0, data
+    # The worker runs on this machine with the default settings: it says the same as we do.
+    precision = "bf16 mixed precision" if use_bf16(True) else "fp32"
+    messages = [e["message"] for e in events]
+    assert messages.count(f"Training in {precision}.") == 1, messages
 
 
 def _dev_accuracy(client: Any, model: str, dev: list[dict[str, Any]]) -> float:
