@@ -32,7 +32,7 @@ from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters
 from app.ml.precision import use_bf16
-from app.ml.tasks.base import Row, TaskAdapter
+from app.ml.tasks.base import SOURCE_ROW, Row, TaskAdapter
 
 # How often (in optimizer steps) the CPU thread count is re-measured: load on a shared host moves.
 THREAD_RETUNE_STEPS = 50
@@ -298,7 +298,8 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int) -> TrainingArg
 
 
 def _length_sorted(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Evaluation order does not change metrics; sorting by length removes most padding."""
+    """Evaluation order does not change metrics; sorting by length removes most padding.
+    The sort is stable, so the windows of one row keep their order."""
     return sorted(features, key=lambda f: len(f["input_ids"]))
 
 
@@ -309,6 +310,8 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     train_features = plan.task.encode(plan.train_rows, tokenizer, label2id, hp.max_length)
     eval_features = _length_sorted(
         plan.task.encode(plan.eval_rows, tokenizer, label2id, hp.max_length))
+    # Which evaluation row each feature came from, in evaluation order.
+    sources = [f.get(SOURCE_ROW, i) for i, f in enumerate(eval_features)]
     # Seeded before the new head is initialised, so the same seed gives the same model.
     set_seed(plan.seed)
     model = plan.task.load_model(plan.base_model, plan.labels)
@@ -329,7 +332,7 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
         eval_dataset=eval_features,
         data_collator=plan.task.collator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=lambda p: _metrics(plan, p),
+        compute_metrics=lambda p: _metrics(plan, p, sources),
         callbacks=callbacks,
     )
     # Progress goes to the job's events through our callback, not to stdout.
@@ -367,8 +370,10 @@ def _samples_per_training_second(trainer: _ServiceTrainer, callback: _ServiceCal
     return done / stepping if stepping > 0 else 0.0
 
 
-def _metrics(plan: TrainingPlan, prediction: EvalPrediction) -> dict[str, float]:
-    return plan.task.compute_metrics(prediction.predictions, prediction.label_ids, plan.labels)
+def _metrics(plan: TrainingPlan, prediction: EvalPrediction,
+             sources: list[int]) -> dict[str, float]:
+    return plan.task.compute_metrics(prediction.predictions, prediction.label_ids, plan.labels,
+                                     sources)
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:

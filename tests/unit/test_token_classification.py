@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from app.errors import DatasetInvalid
+from app.ml.hyperparameters import resolve
 from app.ml.tasks.registry import detect_task, get_task
 from app.ml.tasks.token_classification import (
     IGNORED,
@@ -26,7 +27,9 @@ from app.ml.tasks.token_classification import (
     tagged_words,
     windows,
 )
+from app.ml.training import TrainingPlan, fine_tune
 from app.schemas.predict import PredictParameters
+from tests.unit.test_training import RecordingObserver
 
 # Whole words, and words that WordPiece splits ("merkel" = "mer" + "##kel").
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "angela", "mer", "##kel", "visited",
@@ -287,6 +290,29 @@ def test_compute_metrics_scores_entities_not_tokens(ner: TokenClassification) ->
     assert ner.best_metric == "entity_f1"
 
 
+def test_an_entity_across_a_window_edge_is_scored_once(
+        ner: TokenClassification, ner_tokenizer: PreTrainedTokenizerBase) -> None:
+    label2id = {t: i for i, t in enumerate(LABELS)}
+    words = ["the"] * 40  # one sub-token each
+    plain = ner.encode([{"tokens": words, "tags": ["O"] * 40}], ner_tokenizer, label2id, 16)
+    edge = sum(label != IGNORED for label in plain[0]["labels"])  # first word of window 2
+    tags = ["O"] * 40
+    tags[edge - 1:edge + 1] = ["B-LOC", "I-LOC"]
+    features = ner.encode([{"tokens": words, "tags": tags}], ner_tokenizer, label2id, 16)
+    gold = np.full((len(features), 16), IGNORED)
+    for row, feature in zip(gold, features, strict=True):
+        row[:len(feature["labels"])] = feature["labels"]
+    # The model finds the entity's first word only: the one gold entity is missed.
+    predicted = np.where(gold == label2id["I-LOC"], label2id["O"], np.maximum(gold, 0))
+    logits = np.eye(len(LABELS))[predicted]
+
+    joined = ner.compute_metrics(logits, gold, LABELS, rows=[f["row"] for f in features])
+    assert joined["entity_recall"] == 0.0 and joined["entity_precision"] == 0.0
+    # Scored window by window, the half in the first window would pass as a whole entity.
+    by_window = ner.compute_metrics(logits, gold, LABELS)
+    assert by_window["entity_precision"] == 1.0 and by_window["entity_recall"] == 0.5
+
+
 def test_metrics_without_any_entity_are_zero_not_an_error() -> None:
     assert entity_metrics([["O", "O"]], [["O", "O"]])["entity_f1"] == 0.0
 
@@ -409,3 +435,24 @@ def test_predict_parameters_accept_the_hf_token_classification_ones() -> None:
         "aggregation_strategy": "max", "ignore_labels": ["O"], "stride": 16}
     with pytest.raises(ValueError):
         PredictParameters(aggregation_strategy="longest")  # type: ignore[arg-type]
+
+
+# --- training -------------------------------------------------------------------------
+
+
+def test_fine_tune_evaluates_long_sentences_as_whole_sentences(
+        ner: TokenClassification, ner_model_dir: Path, tmp_path: Path) -> None:
+    words = ["angela", "merkel", "visited", "paris", "in", "the", "city", "of", "new", "york"]
+    tags = ["B-PER", "I-PER", "O", "B-LOC", "O", "O", "O", "O", "B-LOC", "I-LOC"]
+    rows = [{"tokens": words * 3, "tags": tags * 3}] * 8  # 33+ sub-tokens: 3 windows at 16
+    hyperparameters = resolve({"n_epochs": 1, "batch_size": 4, "max_length": 16}, len(rows))
+    plan = TrainingPlan(task=ner, base_model=str(ner_model_dir), train_rows=rows,
+                        eval_rows=rows[:3], labels=LABELS, hyperparameters=hyperparameters,
+                        seed=0, output_dir=tmp_path / "job")
+    observer = RecordingObserver()
+    result = fine_tune(plan, observer)
+
+    assert result.stopped is None and result.best_checkpoint is not None
+    [(_, metrics)] = observer.evaluations
+    # 3 sentences x 6 entities; per-type figures come from whole sentences, windows joined.
+    assert {"entity_f1", "PER_f1", "LOC_f1", "token_accuracy"} <= set(metrics)

@@ -10,6 +10,9 @@ from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 Row = dict[str, Any]
 Features = dict[str, Any]
+# Feature key naming the dataset row a feature came from, where one row makes several
+# features (windows of a long sentence). Not a model input: Trainer drops it before collating.
+SOURCE_ROW = "row"
 
 
 def load_pretrained(auto_class: type[_BaseAutoModelClass], path: str | Path,
@@ -68,8 +71,10 @@ class TaskAdapter(ABC):
         """Load weights from a directory (safetensors only); labels given = new head."""
 
     @abstractmethod
-    def compute_metrics(self, logits: Any, label_ids: Any,
-                        labels: list[str]) -> dict[str, float]: ...
+    def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str],
+                        rows: Sequence[int] | None = None) -> dict[str, float]:
+        """Scores over the evaluation features; `rows[i]` is the dataset row of feature i
+        (its SOURCE_ROW), so a task can score whole rows rather than features."""
 
     @abstractmethod
     def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

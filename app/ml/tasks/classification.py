@@ -98,7 +98,9 @@ class TextClassification(TaskAdapter):
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
         return load_pretrained(AutoModelForSequenceClassification, path, labels)
 
-    def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str]) -> dict[str, float]:
+    def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str],
+                        rows: Sequence[int] | None = None) -> dict[str, float]:
+        # One feature per row: nothing to regroup.
         logits = np.asarray(logits)
         gold = np.asarray(label_ids)
         known = gold != -100

@@ -58,8 +58,9 @@ class TokenClassification(TaskAdapter):
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
         return load_pretrained(AutoModelForTokenClassification, path, labels)
 
-    def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str]) -> dict[str, float]:
-        return evaluation_metrics(logits, label_ids, labels)
+    def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str],
+                        rows: Sequence[int] | None = None) -> dict[str, float]:
+        return evaluation_metrics(logits, label_ids, labels, rows)
 
     @torch.inference_mode()
     def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

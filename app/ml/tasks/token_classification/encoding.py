@@ -5,9 +5,9 @@
   to the next word of its entity.
 - Sentences longer than `max_length` are cut into overlapping windows (`WINDOW_STRIDE` tokens
   of overlap) rather than truncated: every word is labelled in exactly one window, the one
-  where it sits furthest from an edge. Evaluation scores each window as a sequence, so an
-  entity straddling a window edge could count as two; with `max_length` 128 that concerns a
-  handful of CoNLL-2003 sentences. Prediction windows the same way, so long inputs lose nothing.
+  where it sits furthest from an edge. Each window names its sentence (SOURCE_ROW), so
+  evaluation joins a sentence's windows back together before scoring its entities: an entity
+  across a window edge counts once. Prediction windows the same way, so long inputs lose nothing.
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from app.ml.tasks.base import Features, Row
+from app.ml.tasks.base import SOURCE_ROW, Features, Row
 
 WINDOW_STRIDE = 32
 IGNORED = -100
@@ -89,5 +89,6 @@ def encode_sentences(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase,
                      for p, label in enumerate(labels[window.start:window.end],
                                                start=window.start)]
             item["labels"] = [IGNORED, *owned, IGNORED]
+            item[SOURCE_ROW] = i
             features.append(item)
     return features

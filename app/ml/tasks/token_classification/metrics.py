@@ -1,6 +1,7 @@
 """Evaluation: seqeval entity-level precision / recall / F1 (conlleval rules), overall and per
 type, plus token accuracy. The checkpoint with the best `entity_f1` becomes the version."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -9,16 +10,25 @@ from seqeval.metrics import classification_report
 from app.ml.tasks.token_classification.encoding import IGNORED
 
 
-def evaluation_metrics(logits: Any, label_ids: Any, labels: list[str]) -> dict[str, float]:
-    """Entity metrics over the scored sub-tokens (those whose label is not IGNORED)."""
+def evaluation_metrics(logits: Any, label_ids: Any, labels: list[str],
+                       rows: Sequence[int] | None = None) -> dict[str, float]:
+    """Entity metrics over the scored sub-tokens (those whose label is not IGNORED), per
+    sentence: the windows of one sentence (`rows[i]` names feature i's) are joined first.
+
+    Each word is scored in exactly one window, and a sentence's windows arrive in order
+    (encoding emits them in order; evaluation's length sort is stable), so joining their
+    scored tags rebuilds the sentence's tag sequence."""
     predicted = np.asarray(logits).argmax(axis=-1)
     gold = np.asarray(label_ids)
-    gold_tags, predicted_tags = [], []
-    for gold_row, predicted_row in zip(gold, predicted, strict=True):
+    sentence_of = list(rows) if rows is not None else list(range(len(gold)))
+    gold_tags: dict[int, list[str]] = {}
+    predicted_tags: dict[int, list[str]] = {}
+    for sentence, gold_row, predicted_row in zip(sentence_of, gold, predicted, strict=True):
         scored = gold_row != IGNORED
-        gold_tags.append([labels[i] for i in gold_row[scored]])
-        predicted_tags.append([labels[i] for i in predicted_row[scored]])
-    return entity_metrics(gold_tags, predicted_tags)
+        gold_tags.setdefault(sentence, []).extend(labels[i] for i in gold_row[scored])
+        predicted_tags.setdefault(sentence, []).extend(labels[i] for i in predicted_row[scored])
+    order = list(gold_tags)
+    return entity_metrics([gold_tags[s] for s in order], [predicted_tags[s] for s in order])
 
 
 def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
