@@ -72,7 +72,9 @@ def read_csv(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Row]]:
                 raise DatasetInvalid("has more cells than the header", line=line_no)
             if sum(len(v or "") for v in record.values()) > max_line_bytes:
                 raise DatasetInvalid(f"is longer than {max_line_bytes} bytes", line=line_no)
-            yield line_no, {k: v for k, v in record.items() if v not in (None, "")}
+            # A blank cell stays an empty string: the header names the row's fields, so a
+            # blank under `label` is a missing label, not a row of plain text.
+            yield line_no, {k: v for k, v in record.items() if v is not None}
     except csv.Error as exc:
         raise DatasetInvalid(f"is not valid CSV ({exc})", line=reader.line_num) from None
 

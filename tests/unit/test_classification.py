@@ -33,7 +33,7 @@ def test_validate_row_returns_canonical_row(task: TextClassification) -> None:
     ({"text": " \t\n", "label": "pos"}, "text", "is empty"),
     ({"text": "a", "label": "  "}, "label", "is empty"),
     ({"text": "a", "label": "pos", "text_pair": 5}, "text_pair", "must be a string, not int"),
-    ({"text": "a", "label": "pos", "text_pair": ""}, "text_pair", "is empty"),
+    ({"text": "a", "label": "pos", "text_pair": "  "}, "text_pair", "is empty"),
 ])
 def test_validate_row_errors_name_line_and_field(task: TextClassification, row: dict,
                                                  field: str, message: str) -> None:
@@ -259,3 +259,9 @@ def test_predict_truncates_long_inputs(task: TextClassification,
     text = " ".join(["good"] * 500)
     (out,) = task.predict(three_label_model, tiny_tokenizer, [text], {}, 32)
     assert len(out) == 3
+
+
+def test_a_blank_text_pair_is_no_pair(task: TextClassification) -> None:
+    # A CSV with a text_pair column leaves the cell blank for single sentences.
+    assert task.validate_row({"text": "a", "label": "pos", "text_pair": ""}, 3) == \
+        {"text": "a", "label": "pos"}

@@ -153,10 +153,10 @@ def test_read_csv_rows_and_line_numbers(tmp_path: Path) -> None:
                     (4, {"text": 'quoted "x"', "label": "neg"})]
 
 
-def test_read_csv_strips_bom_and_drops_empty_cells(tmp_path: Path) -> None:
+def test_read_csv_strips_bom_and_keeps_blank_cells(tmp_path: Path) -> None:
     content = "\ufefftext,label,text_pair\r\nok,pos,\r\nfine,neg,other\r\n".encode()
     rows = list(read_csv(write(tmp_path, "a.csv", content), MAX_LINE))
-    assert rows == [(2, {"text": "ok", "label": "pos"}),
+    assert rows == [(2, {"text": "ok", "label": "pos", "text_pair": ""}),
                     (3, {"text": "fine", "label": "neg", "text_pair": "other"})]
 
 

@@ -22,6 +22,8 @@ PREDICT_BATCH = 32
 
 def _string_field(row: Row, field: str, line: int, *, required: bool) -> str | None:
     value = row.get(field)
+    if not required and value == "":
+        value = None  # a blank optional field (a CSV cell under `text_pair`) is an absent one
     if value is None:
         if required:
             raise DatasetInvalid("is missing", line=line, field=field)
