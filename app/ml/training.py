@@ -103,9 +103,10 @@ def stratified_split(rows: Sequence[Row], fraction: float, seed: int,
 
 
 class _ServiceCallback(TrainerCallback):
-    def __init__(self, observer: TrainingObserver, samples_per_step: int):
+    def __init__(self, observer: TrainingObserver, samples_per_step: int, task: TaskAdapter):
         self.observer = observer
         self.samples_per_step = samples_per_step
+        self.task = task
         self.stop_reason: str | None = None
         self.eval_by_step: dict[int, dict[str, float]] = {}
         self._started = time.monotonic()
@@ -156,6 +157,7 @@ class _ServiceCallback(TrainerCallback):
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
         clean = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()
                  if k in {"eval_loss"} or not k.startswith("eval_") or _is_quality(k)}
+        clean = self.task.report(clean)
         self.eval_by_step[state.global_step] = clean
         self.observer.on_evaluation(state.global_step, clean)
 
@@ -286,7 +288,8 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int) -> TrainingArg
         logging_steps=max(1, min(50, total_steps // 20)),
         load_best_model_at_end=True,
         metric_for_best_model=plan.task.best_metric,
-        greater_is_better=True,
+        greater_is_better=plan.task.greater_is_better,
+        prediction_loss_only=plan.task.evaluates_loss_only,
         seed=plan.seed,
         data_seed=plan.seed,
         report_to="none",
@@ -318,7 +321,7 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
 
     samples_per_step = hp.batch_size * hp.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(train_features) / samples_per_step))
-    callback = _ServiceCallback(observer, samples_per_step)
+    callback = _ServiceCallback(observer, samples_per_step, plan.task)
     threads_before = torch.get_num_threads()
     callbacks: list[TrainerCallback] = [callback]
     if not torch.cuda.is_available():
@@ -332,7 +335,8 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
         eval_dataset=eval_features,
         data_collator=plan.task.collator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=lambda p: _metrics(plan, p, sources),
+        compute_metrics=(None if plan.task.evaluates_loss_only
+                         else lambda p: _metrics(plan, p, sources)),
         callbacks=callbacks,
     )
     # Progress goes to the job's events through our callback, not to stdout.

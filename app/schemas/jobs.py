@@ -38,7 +38,8 @@ class JobCreate(StrictModel):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]],
                         Field(max_length=16)] | None = None
-    task: Literal["text-classification", "token-classification"] | None = None
+    task: Literal["text-classification", "token-classification", "masked-lm",
+                  "causal-lm"] | None = None
 
 
 class Progress(BaseModel):

@@ -19,6 +19,8 @@ class PredictParameters(StrictModel):
                              Field(max_length=1000)] | None = None
     # Overlap, in tokens, between the windows a long input is cut into.
     stride: Annotated[int, Field(ge=0, le=256)] | None = None
+    # Text generation (causal-lm); fill-mask (masked-lm) reads top_k.
+    max_new_tokens: Annotated[int, Field(ge=1, le=256)] | None = None
 
 
 class PredictRequest(StrictModel):

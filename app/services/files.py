@@ -17,7 +17,7 @@ from app.errors import Conflict, DatasetInvalid, InvalidRequest, NotFound, Paylo
 from app.ids import new_id, now
 from app.ml.datasets import detect_format, read_rows
 from app.ml.tasks.base import Row
-from app.ml.tasks.registry import detect_task, get_task
+from app.ml.tasks.registry import PLAIN_TEXT_TASK, detect_task, get_task, is_plain_text
 from app.services.pages import newest_first
 from app.storage.artifacts import ArtifactStore
 
@@ -55,13 +55,26 @@ def parse_dataset(path: Path, filename: str, settings: Settings) -> ParsedDatase
     lines: list[int] = []
     fields: dict[str, None] = {}
     adapter = None
+    # Plain-text rows fit every task's text field: until a row shows the file's task, they
+    # wait, so a classification file whose first rows lack a label is told so, by line.
+    waiting: list[tuple[int, Row]] = []
     for line, raw in read_rows(path, fmt, settings.max_line_bytes):
-        adapter = adapter or detect_task(raw, line)
         fields.update(dict.fromkeys(raw))
-        rows.append(adapter.validate_row(raw, line))
-        lines.append(line)
-        if len(rows) > settings.max_rows:
+        if len(rows) + len(waiting) >= settings.max_rows:
             raise DatasetInvalid(f"the file has more than {settings.max_rows} rows", line=line)
+        if adapter is None and is_plain_text(raw):
+            waiting.append((line, raw))
+            continue
+        adapter = adapter or detect_task(raw, line)
+        for earlier, row in [*waiting, (line, raw)]:
+            rows.append(adapter.validate_row(row, earlier))
+            lines.append(earlier)
+        waiting = []
+    if adapter is None and waiting:
+        adapter = get_task(PLAIN_TEXT_TASK)  # every row is plain text: continued pretraining
+        for line, raw in waiting:
+            rows.append(adapter.validate_row(raw, line))
+            lines.append(line)
     if adapter is None:
         raise DatasetInvalid("the file has no rows", code="dataset_empty")
     if len(rows) < settings.min_rows:

@@ -76,9 +76,9 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
                              "evaluating on training rows would overstate every metric.",
                              param="validation_file", code="validation_overlaps_training")
     task = body.get("task") or training.detected_task
-    get_task(task)
+    adapter = get_task(task)
     for role, record in (("training_file", training), ("validation_file", validation)):
-        if record is not None and record.detected_task != task:
+        if record is not None and not adapter.accepts_rows_of(record.detected_task):
             raise InvalidRequest(f"{role} holds {record.detected_task} rows, not {task}.",
                                  param=role, code="task_mismatch")
     _check_base_model(session, settings, project_id, body["model"])

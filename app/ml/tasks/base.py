@@ -33,14 +33,22 @@ def load_pretrained(auto_class: type[_BaseAutoModelClass], path: str | Path,
 
 class TaskAdapter(ABC):
     name: str
-    # Key in compute_metrics' output that picks the best checkpoint (higher is better).
+    # Key in the evaluation metrics that picks the best checkpoint.
     best_metric: str
+    greater_is_better: bool = True
+    # Evaluate by the loss alone, with no compute_metrics (language modelling: a logit per
+    # vocabulary entry per token is too big to gather).
+    evaluates_loss_only: bool = False
     # Row field an automatic held-out split keeps in proportion (None: a plain random split).
     stratify_by: str | None = None
 
     @abstractmethod
     def matches(self, row: Row) -> bool:
         """Whether a row has this task's shape (used to detect the task of an upload)."""
+
+    def accepts_rows_of(self, detected_task: str) -> bool:
+        """Whether a file detected as `detected_task` can train this task."""
+        return detected_task == self.name
 
     @abstractmethod
     def validate_row(self, row: Row, line: int) -> Row:
@@ -75,6 +83,10 @@ class TaskAdapter(ABC):
                         rows: Sequence[int] | None = None) -> dict[str, float]:
         """Scores over the evaluation features; `rows[i]` is the dataset row of feature i
         (its SOURCE_ROW), so a task can score whole rows rather than features."""
+
+    def report(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Evaluation metrics as jobs and versions show them (add figures derived from them)."""
+        return metrics
 
     @abstractmethod
     def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

@@ -3,16 +3,30 @@
 from app.errors import DatasetInvalid, InvalidRequest
 from app.ml.tasks.base import Row, TaskAdapter
 from app.ml.tasks.classification import TextClassification
+from app.ml.tasks.language_modeling import CausalLanguageModeling, MaskedLanguageModeling
 from app.ml.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, TaskAdapter] = {adapter.name: adapter
-                                 for adapter in (TextClassification(), TokenClassification())}
+# In detection order: a plain-text row is masked-lm; a job may ask for causal-lm instead.
+TASKS: dict[str, TaskAdapter] = {
+    adapter.name: adapter
+    for adapter in (TextClassification(), TokenClassification(), MaskedLanguageModeling(),
+                    CausalLanguageModeling())
+}
 
 # Row shapes the contract names but this release does not train yet; named so the
 # error tells the user what was recognised.
 _KNOWN_SHAPES = (
     ("multi-label-classification", ("text", "labels")),
 )
+
+
+# What a file of plain-text rows trains (a job may ask for causal-lm instead).
+PLAIN_TEXT_TASK = MaskedLanguageModeling.name
+
+
+def is_plain_text(row: Row) -> bool:
+    """A row with a text and nothing else: continued pretraining, or a row missing its label."""
+    return TASKS[PLAIN_TEXT_TASK].matches(row)
 
 
 def get_task(name: str) -> TaskAdapter:
@@ -33,4 +47,4 @@ def detect_task(row: Row, line: int) -> TaskAdapter:
                                  line=line, code="unsupported_task")
     raise DatasetInvalid("has no recognised row shape; text classification needs 'text' and "
                          "'label', token classification 'tokens' and 'tags' or 'text' and "
-                         "'entities'", line=line)
+                         "'entities', continued pretraining 'text' alone", line=line)

@@ -1,0 +1,162 @@
+"""Continued pretraining on a tiny BERT (masked-LM) and a tiny GPT-2 (causal-LM)."""
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from app.errors import DatasetInvalid, InvalidRequest
+from app.ml.hyperparameters import resolve
+from app.ml.inference import load_model
+from app.ml.tasks.classification import TextClassification
+from app.ml.tasks.language_modeling import CausalLanguageModeling, MaskedLanguageModeling
+from app.ml.tasks.registry import detect_task, get_task
+from app.ml.training import TrainingPlan, TrainingResult, fine_tune
+from tests.unit.test_training import RecordingObserver
+from tests.unit.tiny_model import VOCAB, sentiment_rows
+
+TEXTS = [{"text": row["text"]} for row in sentiment_rows(48)]
+MLM = MaskedLanguageModeling()
+CLM = CausalLanguageModeling()
+
+
+def plan_for(task: Any, model_dir: Path, output_dir: Path, n_epochs: int = 2) -> TrainingPlan:
+    hyperparameters = resolve({"n_epochs": n_epochs, "batch_size": 8, "learning_rate": 3e-3,
+                               "max_length": 16}, len(TEXTS))
+    return TrainingPlan(task=task, base_model=str(model_dir), train_rows=TEXTS[:40],
+                        eval_rows=TEXTS[40:], labels=task.labels(TEXTS), seed=0,
+                        hyperparameters=hyperparameters, output_dir=output_dir)
+
+
+# --- rows -----------------------------------------------------------------------------
+
+
+def test_plain_text_rows_are_masked_lm_and_other_shapes_keep_their_task() -> None:
+    assert detect_task({"text": "hello"}, 1).name == "masked-lm"
+    assert detect_task({"text": "hello", "label": "x"}, 1).name == "text-classification"
+    with pytest.raises(DatasetInvalid, match="multi-label"):
+        detect_task({"text": "hello", "labels": ["x"]}, 1)
+
+
+def test_a_causal_lm_job_takes_a_file_detected_as_masked_lm() -> None:
+    assert CLM.accepts_rows_of("masked-lm") and MLM.accepts_rows_of("causal-lm")
+    assert not TextClassification().accepts_rows_of("masked-lm")
+    assert not MLM.accepts_rows_of("text-classification")
+
+
+@pytest.mark.parametrize(("row", "message"), [({"text": 3}, "must be a string, not int"),
+                                              ({"text": "  "}, "is empty")])
+def test_bad_text_names_line_and_field(row: dict[str, Any], message: str) -> None:
+    with pytest.raises(DatasetInvalid, match=message) as caught:
+        MLM.validate_row(row, 7)
+    assert caught.value.line == 7 and caught.value.field == "text"
+
+
+def test_long_texts_become_blocks_and_lose_nothing(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    text = " ".join(["the movie was good and the plot was dull"] * 12)
+    features = MLM.encode([{"text": text}], tiny_tokenizer, {}, 16)
+    everything = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(features) == math.ceil(len(everything) / 14)
+    bodies = []
+    for feature in features:
+        ids = feature["input_ids"]
+        assert len(ids) <= 16 and feature["attention_mask"] == [1] * len(ids)
+        assert ids[0] == tiny_tokenizer.cls_token_id and ids[-1] == tiny_tokenizer.sep_token_id
+        bodies.extend(ids[1:-1])
+    assert bodies == everything
+
+
+# --- masked-LM ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def masked_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[RecordingObserver, TrainingResult]:
+    observer = RecordingObserver()
+    plan = plan_for(MLM, tiny_model_dir, tmp_path_factory.mktemp("mlm") / "job")
+    torch.manual_seed(1234)
+    return observer, fine_tune(plan, observer)
+
+
+def test_masked_lm_reports_loss_and_perplexity_and_keeps_the_lowest_loss(
+        masked_run: tuple[RecordingObserver, TrainingResult]) -> None:
+    observer, result = masked_run
+    assert result.stopped is None and result.best_checkpoint is not None
+    losses = [metrics["loss"] for _, metrics in observer.evaluations]
+    assert len(losses) == 2 and losses[1] < losses[0], losses  # it learns the vocabulary
+    for _, metrics in observer.evaluations:
+        assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert result.best_metrics["loss"] == min(losses)
+    assert result.best_checkpoint.name == f"checkpoint-{observer.evaluations[1][0]}"
+
+
+def test_fill_mask_answers_in_the_hugging_face_shape(
+        masked_run: tuple[RecordingObserver, TrainingResult]) -> None:
+    _, result = masked_run
+    assert result.best_checkpoint is not None
+    loaded = load_model(get_task("masked-lm"), result.best_checkpoint, 16)
+    [candidates] = loaded.predict(["the movie was [MASK]"], {"top_k": 3})
+    assert len(candidates) == 3
+    assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates),
+                                                      reverse=True)
+    for candidate in candidates:
+        assert VOCAB[candidate["token"]] == candidate["token_str"]
+        assert candidate["sequence"] == f"the movie was {candidate['token_str']}".strip()
+    assert MLM.response([candidates], batched=False) == candidates
+
+
+@pytest.mark.parametrize("text", ["no mask here", "two [MASK] and [MASK]"])
+def test_fill_mask_needs_exactly_one_mask(
+        masked_run: tuple[RecordingObserver, TrainingResult], text: str) -> None:
+    _, result = masked_run
+    assert result.best_checkpoint is not None
+    loaded = load_model(get_task("masked-lm"), result.best_checkpoint, 16)
+    with pytest.raises(InvalidRequest, match="exactly one \\[MASK\\]") as caught:
+        loaded.predict(["the [MASK] was good", text], {})
+    assert caught.value.param == "inputs[1]"
+
+
+def test_a_pretrained_version_is_a_base_for_classification(
+        masked_run: tuple[RecordingObserver, TrainingResult]) -> None:
+    _, result = masked_run
+    assert result.best_checkpoint is not None
+    model = TextClassification().load_model(result.best_checkpoint, ["negative", "positive"])
+    trained = MLM.load_model(result.best_checkpoint)
+    # The encoder carries over; only the head is new.
+    assert torch.equal(model.base_model.embeddings.word_embeddings.weight,
+                       trained.base_model.embeddings.word_embeddings.weight)
+    assert model.config.num_labels == 2
+
+
+# --- causal-LM ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2, with the tiny BERT's word-level tokenizer."""
+    directory = tmp_path_factory.mktemp("gpt2") / "tiny-gpt2"
+    shutil.copytree(tiny_model_dir, directory,
+                    ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+    config = GPT2Config(vocab_size=len(VOCAB), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                        bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def test_causal_lm_trains_and_continues_a_prompt(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    observer = RecordingObserver()
+    result = fine_tune(plan_for(CLM, tiny_gpt2_dir, tmp_path / "job"), observer)
+    assert result.stopped is None and result.best_checkpoint is not None
+    losses = [metrics["loss"] for _, metrics in observer.evaluations]
+    assert losses[-1] < losses[0], losses
+
+    loaded = load_model(get_task("causal-lm"), result.best_checkpoint, 16)
+    [[generation]] = loaded.predict(["the movie was"], {"max_new_tokens": 3})
+    text = generation["generated_text"]
+    assert text.startswith("the movie was") and len(text.split()) > 3, text
