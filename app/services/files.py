@@ -16,7 +16,7 @@ from app.db.models import DatasetFile, FineTuningJob
 from app.errors import Conflict, DatasetInvalid, InvalidRequest, NotFound, PayloadTooLarge
 from app.ids import new_id, now
 from app.ml.datasets import detect_format, read_rows
-from app.ml.tasks.base import Row
+from app.ml.tasks.base import Row, TaskAdapter
 from app.ml.tasks.registry import PLAIN_TEXT_TASK, detect_task, get_task, is_plain_text
 from app.services.pages import newest_first
 from app.storage.artifacts import ArtifactStore
@@ -54,6 +54,11 @@ def parse_dataset(path: Path, filename: str, settings: Settings) -> ParsedDatase
     rows: list[Row] = []
     lines: list[int] = []
     fields: dict[str, None] = {}
+
+    def keep(adapter: TaskAdapter, line: int, raw: Row) -> None:
+        rows.append(adapter.validate_row(raw, line))
+        lines.append(line)
+
     adapter = None
     # Plain-text rows fit every task's text field: until a row shows the file's task, they
     # wait, so a classification file whose first rows lack a label is told so, by line.
@@ -66,15 +71,14 @@ def parse_dataset(path: Path, filename: str, settings: Settings) -> ParsedDatase
             waiting.append((line, raw))
             continue
         adapter = adapter or detect_task(raw, line)
-        for earlier, row in [*waiting, (line, raw)]:
-            rows.append(adapter.validate_row(row, earlier))
-            lines.append(earlier)
+        for earlier in waiting:
+            keep(adapter, *earlier)
         waiting = []
+        keep(adapter, line, raw)
     if adapter is None and waiting:
         adapter = get_task(PLAIN_TEXT_TASK)  # every row is plain text: continued pretraining
-        for line, raw in waiting:
-            rows.append(adapter.validate_row(raw, line))
-            lines.append(line)
+        for earlier in waiting:
+            keep(adapter, *earlier)
     if adapter is None:
         raise DatasetInvalid("the file has no rows", code="dataset_empty")
     if len(rows) < settings.min_rows:
