@@ -205,6 +205,18 @@ def adamw_with_warmup(model: Any, args: argparse.Namespace, total_steps: int) ->
     return optimizer, scheduler
 
 
+def plain_step(model: Any, batch: Any, optimizer: Any, scheduler: Any, bf16: bool) -> None:
+    """One step of the plain loop: forward (under bf16 autocast if asked), backward, AdamW."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
 # ---------------------------------------------------------------- report
 
 

@@ -143,12 +143,7 @@ def baseline_run(train: list[dict[str, Any]], test: list[dict[str, Any]],
     model.train()
     for _ in range(args.epochs):
         for batch in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            common.plain_step(model, batch, optimizer, scheduler, bf16)
     train_s = time.perf_counter() - started
 
     def test_f1(rows: list[dict[str, Any]]) -> float:

@@ -105,12 +105,7 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
         for batch in train_loader:
             padded_tokens += batch["input_ids"].numel()
             real_tokens += int(batch["attention_mask"].sum())
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            common.plain_step(model, batch, optimizer, scheduler, bf16)
         train_s += time.perf_counter() - started
         started = time.perf_counter()
         model.eval()

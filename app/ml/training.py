@@ -265,7 +265,8 @@ class _ServiceTrainer(Trainer):
             seed=self.args.seed)
 
 
-def _training_arguments(plan: TrainingPlan, steps_per_epoch: int) -> TrainingArguments:
+def _training_arguments(plan: TrainingPlan, steps_per_epoch: int,
+                        bf16: bool) -> TrainingArguments:
     hp = plan.hyperparameters
     total_steps = steps_per_epoch * hp.n_epochs
     strategy = "steps" if hp.eval_steps else "epoch"
@@ -296,7 +297,7 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int) -> TrainingArg
         disable_tqdm=True,
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu,
-        bf16=use_bf16(plan.mixed_precision),
+        bf16=bf16,
     )
 
 
@@ -322,15 +323,16 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     samples_per_step = hp.batch_size * hp.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(train_features) / samples_per_step))
     callback = _ServiceCallback(observer, samples_per_step, plan.task)
+    bf16 = use_bf16(plan.mixed_precision)
     threads_before = torch.get_num_threads()
     callbacks: list[TrainerCallback] = [callback]
     if not torch.cuda.is_available():
-        callbacks.append(_ThreadTuner(model, hp.batch_size, use_bf16(plan.mixed_precision)))
+        callbacks.append(_ThreadTuner(model, hp.batch_size, bf16))
     if hp.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
     trainer = _ServiceTrainer(
         model=model,
-        args=_training_arguments(plan, steps_per_epoch),
+        args=_training_arguments(plan, steps_per_epoch, bf16),
         train_dataset=train_features,
         eval_dataset=eval_features,
         data_collator=plan.task.collator(tokenizer),
