@@ -63,6 +63,12 @@ class IdempotencyMismatch(TuneforgeError):
     code = "idempotency_key_reused"
 
 
+class InvalidHeader(TuneforgeError):
+    """A request header is malformed: the request itself is wrong, not a field of its body."""
+
+    code = "invalid_header"
+
+
 class Unauthorized(TuneforgeError):
     code = "invalid_api_key"
 

@@ -16,6 +16,7 @@ STATUS: dict[type[errors.TuneforgeError], int] = {
     errors.InvalidRequest: 422,
     errors.DatasetInvalid: 422,
     errors.IdempotencyMismatch: 422,
+    errors.InvalidHeader: 400,
     errors.UnsupportedMediaType: 415,
     errors.PayloadTooLarge: 413,
     errors.NotFound: 404,
@@ -55,7 +56,13 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
+    where = first.get("loc", ())
+    if len(where) > 1 and where[0] == "header":
+        # A malformed header is a malformed request (400), named as clients spell it.
+        header = "-".join(word.capitalize() for word in str(where[1]).split("-"))
+        return error_response(400, errors.InvalidHeader.code,
+                              f"{header}: {first.get('msg', 'invalid header')}", header)
+    location = [str(part) for part in where if _is_field(part)]
     param = ".".join(location) or None
     message = first.get("msg", "Invalid request.")
     return error_response(422, "invalid_request", f"{param}: {message}" if param else message,

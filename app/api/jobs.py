@@ -9,6 +9,10 @@ from app.services import jobs, outbox
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=100)]
+# Absent, or up to 200 characters with at least one that is not blank (400 otherwise).
+IdempotencyKey = Header(min_length=1, max_length=200, pattern=r"\S",
+                        description="Makes a retried create return the job the first request "
+                                    "made (200) instead of a second job.")
 JobStatus = Annotated[str | None, Query(pattern="^(validating_files|queued|running|succeeded|"
                                                  "failed|cancelled|paused)$")]
 
@@ -16,7 +20,7 @@ JobStatus = Annotated[str | None, Query(pattern="^(validating_files|queued|runni
 @router.post("", response_model=JobPublic, status_code=201)
 def create_job(body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep,
                send: SendDep, project_id: ProjectDep,
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None
+               idempotency_key: Annotated[str | None, IdempotencyKey] = None
                ) -> JobPublic:
     job, created = jobs.create_job(session, settings, project_id,
                                    body.model_dump(exclude_none=True), idempotency_key)

@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import FineTuningJob, JobCheckpoint, JobEvent
 from app.errors import (
+    Conflict,
     IdempotencyMismatch,
+    InvalidHeader,
     InvalidRequest,
     JobNotCancellable,
     NotFound,
@@ -28,6 +30,7 @@ from app.services.pages import newest_first
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 Dispatch = Callable[[str], None]
 
 
@@ -58,6 +61,7 @@ def _check_capacity(session: Session, settings: Settings, project_id: str) -> No
 def create_job(session: Session, settings: Settings, project_id: str, body: dict[str, Any],
                idempotency_key: str | None) -> tuple[FineTuningJob, bool]:
     """Create a queued job, or return the one this idempotency key made. True if new."""
+    _check_idempotency_key(idempotency_key)
     digest = _request_hash(body)
     existing = _replay(session, project_id, idempotency_key, digest)
     if existing is not None:
@@ -98,26 +102,39 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
     except IntegrityError:
         # The same key raced us here; the database's unique constraint picked a winner.
         session.rollback()
+        if idempotency_key is None:
+            raise
         winner = _replay(session, project_id, idempotency_key, digest)
         if winner is None:
-            raise
+            # The winner's row is not visible to us yet: it is still being written.
+            raise Conflict("A request with this Idempotency-Key is still being processed; "
+                           "retry shortly.", param=IDEMPOTENCY_HEADER,
+                           code="idempotency_key_in_use") from None
         return winner, False
     record_event(session, job.id, f"Created fine-tuning job {job.id}.")
     session.commit()
     return job, True
 
 
+def _check_idempotency_key(idempotency_key: str | None) -> None:
+    """A key is absent (None) or means something: an empty or blank one is refused, never
+    stored as a key nor taken for no key."""
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise InvalidHeader(f"{IDEMPOTENCY_HEADER} must not be empty or blank; omit the "
+                            "header to create a job without one.", param=IDEMPOTENCY_HEADER)
+
+
 def _replay(session: Session, project_id: str, idempotency_key: str | None,
             digest: str) -> FineTuningJob | None:
     """The job an earlier request with this Idempotency-Key made, if its body matches."""
-    if not idempotency_key:
+    if idempotency_key is None:
         return None
     existing = session.scalar(select(FineTuningJob).where(
         FineTuningJob.project_id == project_id,
         FineTuningJob.idempotency_key == idempotency_key))
     if existing is not None and existing.request_hash != digest:
         raise IdempotencyMismatch("This Idempotency-Key was used with a different request "
-                                  "body.", param="Idempotency-Key")
+                                  "body.", param=IDEMPOTENCY_HEADER)
     return existing
 
 
