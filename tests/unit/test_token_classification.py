@@ -24,6 +24,7 @@ from app.ml.tasks.token_classification import (
     TokenScores,
     aggregate,
     entity_metrics,
+    predict_time_words,
     tagged_words,
     windows,
 )
@@ -233,6 +234,23 @@ def test_first_sub_token_carries_the_tag(ner: TokenClassification,
     assert len(features["attention_mask"]) == len(features["input_ids"])
 
 
+def test_given_words_are_split_as_prediction_splits_text() -> None:
+    words, tags = predict_time_words(["U.S.", "troops", "in", "Kabul's"],
+                                     ["B-LOC", "O", "O", "B-LOC"])
+    assert words == ["U", ".", "S", ".", "troops", "in", "Kabul", "'", "s"]
+    assert tags == ["B-LOC", "I-LOC", "I-LOC", "I-LOC", "O", "O", "B-LOC", "I-LOC", "I-LOC"]
+
+
+def test_every_piece_of_a_given_word_is_a_labelled_word(
+        ner: TokenClassification, ner_tokenizer: PreTrainedTokenizerBase) -> None:
+    row = {"tokens": ["paris.", "city"], "tags": ["B-LOC", "O"]}
+    [features] = ner.encode([row], ner_tokenizer, {t: i for i, t in enumerate(LABELS)}, 64)
+    assert ner_tokenizer.convert_ids_to_tokens(features["input_ids"]) == [
+        "[CLS]", "paris", ".", "city", "[SEP]"]
+    # "." was never labelled when "paris." was one word, yet prediction reads it as one.
+    assert _label_names(features["labels"]) == [None, "B-LOC", "I-LOC", "O", None]
+
+
 def test_word_the_tokenizer_drops_hands_on_its_b_tag(
         ner: TokenClassification, ner_tokenizer: PreTrainedTokenizerBase) -> None:
     # The tokenizer removes a lone zero-width space, so "paris" must become the entity's start.
@@ -347,11 +365,12 @@ def test_aggregation_none_answers_per_token() -> None:
     assert entities[1]["score"] == pytest.approx(0.8)
 
 
-def test_aggregation_simple_groups_tokens_and_stray_i_starts_an_entity() -> None:
+def test_aggregation_simple_groups_words_and_stray_i_starts_an_entity() -> None:
+    # "kel" scores B-LOC, but it is the second piece of "Merkel": a word is never split.
     entities = aggregate(TEXT, TOKENS, ID2LABEL, "simple", ["O"])
-    assert _spans(entities) == [("PER", "Angela Mer"), ("LOC", "kel"), ("LOC", "Paris")]
+    assert _spans(entities) == [("PER", "Angela Merkel"), ("LOC", "Paris")]
     assert entities[0]["score"] == pytest.approx(0.85)
-    assert (entities[0]["start"], entities[0]["end"]) == (0, 10)
+    assert (entities[0]["start"], entities[0]["end"]) == (0, 13)
 
 
 @pytest.mark.parametrize("strategy,expected", [

@@ -4,7 +4,8 @@ The decisions where the contract is silent live with the code they shape:
 
 - `tags`: IOB2, and why a broken `I-X` is rejected at upload rather than repaired.
 - `rows`: both row shapes; text with character spans becomes words and tags.
-- `encoding`: sub-token labels, and windows over sentences longer than `max_length`.
+- `encoding`: words as prediction cuts them, sub-token labels, and windows over sentences
+  longer than `max_length`.
 - `metrics`: seqeval entity scores; the best `entity_f1` picks the version.
 - `entities`: token scores to entities in the Hugging Face format (aggregation, offsets).
 - `prediction`: the model over windowed inputs.
@@ -16,6 +17,7 @@ from app.ml.tasks.token_classification.encoding import (
     IGNORED,
     WINDOW_STRIDE,
     Window,
+    predict_time_words,
     windows,
     word_labels,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "entity_metrics",
     "entity_types",
     "joins_previous",
+    "predict_time_words",
     "split_tag",
     "tagged_words",
     "windows",

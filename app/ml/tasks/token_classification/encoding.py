@@ -1,5 +1,10 @@
 """Sentences to model features: sub-token labels and windows over long sentences.
 
+- Words are split where prediction splits raw text (`word_spans`: letter/digit runs and single
+  other characters), so a word means the same thing in training and at predict time: a given
+  token "U.S." becomes the words "U", ".", "S", "." of one entity. Without this, the pieces a
+  predict-time word starts with were never labelled in training, and came back as stray
+  entities.
 - The first sub-token of each word carries the word's tag; the rest get -100 (no loss, not
   scored). A word the tokenizer drops entirely (e.g. a lone zero-width space) passes its `B-`
   to the next word of its entity.
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from app.ml.tasks.base import SOURCE_ROW, Features, Row
+from app.ml.tasks.token_classification.rows import word_spans
 
 WINDOW_STRIDE = 32
 IGNORED = -100
@@ -50,6 +56,19 @@ def window_features(tokenizer: PreTrainedTokenizerBase, ids: list[int],
     return features
 
 
+def predict_time_words(tokens: Sequence[str],
+                       tags: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The given words split as prediction splits text; a split word's later parts continue
+    its entity (I-), or stay outside one (O)."""
+    words: list[str] = []
+    word_tags: list[str] = []
+    for token, tag in zip(tokens, tags, strict=True):
+        parts = [token[start:end] for start, end in word_spans(token, set())] or [token]
+        words += parts
+        word_tags += [tag] + ["O" if tag == "O" else "I-" + tag[2:]] * (len(parts) - 1)
+    return words, word_tags
+
+
 def word_labels(tags: Sequence[str], word_ids: Sequence[int | None],
                 label2id: dict[str, int]) -> list[int]:
     """One label per sub-token: the word's tag on its first sub-token, IGNORED elsewhere."""
@@ -76,13 +95,14 @@ def encode_sentences(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase,
     if not rows:
         return []
     # verbose=False: sentences longer than the model are expected; they are windowed below.
-    encoded = tokenizer([row["tokens"] for row in rows], is_split_into_words=True,
+    sentences = [predict_time_words(row["tokens"], row["tags"]) for row in rows]
+    encoded = tokenizer([words for words, _ in sentences], is_split_into_words=True,
                         add_special_tokens=False, verbose=False)
     body = max_length - 2  # room for [CLS] and [SEP]
     features = []
-    for i, row in enumerate(rows):
+    for i, (_, tags) in enumerate(sentences):
         ids = encoded["input_ids"][i]
-        labels = word_labels(row["tags"], encoded.word_ids(i), label2id)
+        labels = word_labels(tags, encoded.word_ids(i), label2id)
         for window in windows(len(ids), body, WINDOW_STRIDE):
             item = window_features(tokenizer, ids, window)
             owned = [label if window.own_start <= p < window.own_end else IGNORED

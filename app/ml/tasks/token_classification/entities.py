@@ -1,7 +1,10 @@
 """Token predictions to entities, in the Hugging Face token-classification format.
 
 `aggregation_strategy` defaults to `simple`, as the hosted Inference API does for NER; `none`
-answers per token with `entity` and `index` instead of `entity_group`. `word` is always
+answers per token with `entity` and `index` instead of `entity_group`. Every other strategy
+tags whole words, so no strategy ever splits a word into several entities: `simple` and
+`first` take a word's tag from its first sub-token (the one training labels), `average` from
+its sub-tokens' mean scores, `max` from its most confident sub-token. `word` is always
 `text[start:end]`, the caller's own characters, rather than the tokenizer's decoding (which, for
 an uncased model, is lower-cased and accent-stripped). Tags are read the conlleval / Hugging
 Face way: a stray `I-X` starts a new X entity.
@@ -53,7 +56,7 @@ def _word_tags(tokens: Sequence[TokenScores], id2label: dict[int, str],
             words.append([token])
     tagged = []
     for pieces in words:
-        if strategy == "first":
+        if strategy in ("simple", "first"):
             probs = pieces[0].probs
         elif strategy == "average":
             probs = np.mean([p.probs for p in pieces], axis=0)
@@ -84,10 +87,8 @@ def aggregate(text: str, tokens: Sequence[TokenScores], id2label: dict[int, str]
                  "word": text[t.start:t.end], "start": t.start, "end": t.end}
                 for token, t in zip(tokens, _token_tags(tokens, id2label), strict=True)
                 if t.tag not in ignore_labels]
-    tagged = (_token_tags(tokens, id2label) if strategy == "simple"
-              else _word_tags(tokens, id2label, strategy))
     entities = []
-    for group in _groups(tagged):
+    for group in _groups(_word_tags(tokens, id2label, strategy)):
         kind = split_tag(group[0].tag)[1]
         if kind in ignore_labels:
             continue

@@ -14,6 +14,7 @@ from app.ml.tasks.token_classification.entities import (
     aggregate,
     without_overlaps,
 )
+from app.ml.tasks.token_classification.rows import word_spans
 
 PREDICT_BATCH = 32
 
@@ -35,9 +36,16 @@ def predict_entities(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def score_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  texts: list[str], body: int, stride: int) -> list[list[TokenScores]]:
-    """Each input's tokens (specials excluded) with their label probabilities."""
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)
+    """Each input's tokens (specials excluded) with their label probabilities.
+
+    Text is cut into words by `word_spans`, as training rows are (encoding.py), and the
+    tokenizer is given those words: its own pre-tokenizer (punctuation rules differ between
+    tokenizers) never decides what a word is."""
+    spans = [word_spans(text, set()) for text in texts]
+    encoded = tokenizer([[text[start:end] for start, end in words]
+                         for text, words in zip(texts, spans, strict=True)],
+                        is_split_into_words=True, add_special_tokens=False,
+                        return_offsets_mapping=True, verbose=False)
     jobs = []  # (input, window, features)
     for i in range(len(texts)):
         for window in windows(len(encoded["input_ids"][i]), body, stride):
@@ -55,6 +63,22 @@ def score_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 probs[i] = np.zeros((len(encoded["input_ids"][i]), window_scores.shape[-1]))
             own = slice(window.own_start - window.start + 1, window.own_end - window.start + 1)
             probs[i][window.own_start:window.own_end] = window_scores[own]
-    return [[TokenScores(p + 1, start, end, encoded.word_ids(i)[p], probs[i][p])
-             for p, (start, end) in enumerate(encoded["offset_mapping"][i])]
+    return [_token_scores(encoded["offset_mapping"][i], encoded.word_ids(i), spans[i], probs[i])
             for i in range(len(texts))]
+
+
+def _token_scores(offsets: list[tuple[int, int]], word_ids: list[int | None],
+                  words: list[tuple[int, int]], probs: np.ndarray) -> list[TokenScores]:
+    """Tokens with offsets into the input: the tokenizer's are relative to each word. A word's
+    first and last pieces reach its edges, so characters the tokenizer normalised away (a
+    combining accent) stay inside the word's entity."""
+    scores = []
+    for p, ((start, end), word) in enumerate(zip(offsets, word_ids, strict=True)):
+        if word is None:
+            continue
+        word_start, word_end = words[word]
+        first = p == 0 or word_ids[p - 1] != word
+        last = p + 1 == len(word_ids) or word_ids[p + 1] != word
+        scores.append(TokenScores(p + 1, word_start if first else word_start + start,
+                                  word_end if last else word_start + end, word, probs[p]))
+    return scores
