@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+)
 
 from app.errors import DatasetInvalid, InvalidRequest
 from app.ml.hyperparameters import resolve
@@ -17,7 +23,7 @@ from app.ml.tasks.language_modeling import CausalLanguageModeling, MaskedLanguag
 from app.ml.tasks.registry import detect_task, get_task
 from app.ml.training import TrainingPlan, TrainingResult, fine_tune
 from tests.unit.test_training import RecordingObserver
-from tests.unit.tiny_model import VOCAB, sentiment_rows
+from tests.unit.tiny_model import SPECIAL_TOKENS, VOCAB, sentiment_rows
 
 TEXTS = [{"text": row["text"]} for row in sentiment_rows(48)]
 MLM = MaskedLanguageModeling()
@@ -103,10 +109,74 @@ def test_fill_mask_answers_in_the_hugging_face_shape(
     assert len(candidates) == 3
     assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates),
                                                       reverse=True)
+    # Whichever words this host's numerics rank first: every candidate is a plain word.
     for candidate in candidates:
+        assert candidate["token"] >= len(SPECIAL_TOKENS)
         assert VOCAB[candidate["token"]] == candidate["token_str"]
-        assert candidate["sequence"] == f"the movie was {candidate['token_str']}".strip()
+        assert candidate["sequence"] == f"the movie was {candidate['token_str']}"
     assert MLM.response([candidates], batched=False) == candidates
+
+
+PROMPT = "the movie was [MASK]"
+BLANK = " "  # a token that decodes to whitespace alone
+
+
+@pytest.fixture(scope="module")
+def babbling_dir(masked_run: tuple[RecordingObserver, TrainingResult],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pretrained version with a blank token added, and its output biased so that every
+    special token and the blank one rank above every word for PROMPT: what an undertrained
+    model does on some hosts, made certain on all of them."""
+    _, result = masked_run
+    assert result.best_checkpoint is not None
+    directory = tmp_path_factory.mktemp("babbling") / "model"
+    tokenizer = AutoTokenizer.from_pretrained(result.best_checkpoint)
+    tokenizer.add_tokens([BLANK])
+    model = AutoModelForMaskedLM.from_pretrained(result.best_checkpoint)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.eval()
+    non_words = _non_words(tokenizer)
+    with torch.no_grad():
+        logits = _mask_logits(model, tokenizer)
+        best_word = logits[_words(tokenizer)].max()
+        # Each non-word lands a clear margin above the best word; the words keep their order.
+        model.cls.predictions.bias[non_words] += best_word + 2.0 - logits[non_words]
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _mask_logits(model: Any, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    batch = tokenizer(PROMPT, return_tensors="pt")
+    [position] = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero()[:, 0].tolist()
+    return model(**batch).logits[0, position]
+
+
+def _non_words(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return [*tokenizer.all_special_ids, tokenizer.get_vocab()[BLANK]]
+
+
+def _words(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return [token for token in range(len(tokenizer)) if token not in _non_words(tokenizer)]
+
+
+def test_fill_mask_never_proposes_a_special_or_blank_token(babbling_dir: Path) -> None:
+    loaded = load_model(get_task("masked-lm"), babbling_dir, 16)
+    tokenizer = loaded.tokenizer
+    with torch.inference_mode():
+        probabilities = torch.softmax(_mask_logits(loaded.model, tokenizer).float(), dim=-1)
+    non_words = _non_words(tokenizer)
+    ranked = probabilities.argsort(descending=True).tolist()
+    assert sorted(ranked[:len(non_words)]) == sorted(non_words)  # the model's own favourites
+
+    [candidates] = loaded.predict([PROMPT], {"top_k": 3})
+    # Still three candidates: the three likeliest words, at their probability.
+    assert [c["token"] for c in candidates] == [t for t in ranked if t not in non_words][:3]
+    for candidate in candidates:
+        assert candidate["token_str"] == VOCAB[candidate["token"]] != ""
+        assert candidate["score"] == pytest.approx(float(probabilities[candidate["token"]]))
 
 
 @pytest.mark.parametrize("text", ["no mask here", "two [MASK] and [MASK]"])

@@ -131,15 +131,37 @@ class MaskedLanguageModeling(LanguageModeling):
                                  f"{max_length} tokens.", param="inputs", code="invalid_mask")
         position = int(where[0, 0])
         logits = model(**batch.to(model.device)).logits[0, position].float().cpu()
-        scores, candidates = torch.softmax(logits, dim=-1).topk(min(top_k, logits.numel()))
+        # Scores stay the model's probabilities over the whole vocabulary.
+        probabilities = torch.softmax(logits, dim=-1)
         results = []
-        for score, token in zip(scores.tolist(), candidates.tolist(), strict=True):
+        for token in _words_by_probability(tokenizer, probabilities, top_k):
             filled = ids.clone()
             filled[position] = token
-            results.append({"score": score, "token": token,
+            results.append({"score": float(probabilities[token]), "token": token,
                             "token_str": _text(tokenizer, [token]).strip(),
                             "sequence": _text(tokenizer, filled.tolist())})
         return results
+
+
+def _words_by_probability(tokenizer: PreTrainedTokenizerBase, probabilities: torch.Tensor,
+                          top_k: int) -> list[int]:
+    """The `top_k` likeliest tokens that fill a mask with text.
+
+    A special token ([CLS], [PAD], [MASK], ...) or one that decodes to nothing is no answer
+    to fill-mask, however likely an undertrained model finds it: it is passed over, and the
+    next likeliest token takes its place.
+    """
+    special = set(tokenizer.all_special_ids)
+    vocabulary = probabilities.numel()
+    # Enough for every special token to rank above the answers; rarely widened further.
+    wanted = top_k + len(special)
+    while True:
+        ranked = probabilities.topk(min(wanted, vocabulary)).indices.tolist()
+        words = [token for token in ranked
+                 if token not in special and _text(tokenizer, [token]).strip()]
+        if len(words) >= top_k or len(ranked) == vocabulary:
+            return words[:top_k]
+        wanted *= 2
 
 
 class CausalLanguageModeling(LanguageModeling):
