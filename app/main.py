@@ -10,6 +10,7 @@ from app.api import admin, files, health, jobs, models
 from app.api.deps import get_principal
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
+from app.api.spec import operation_id, publish_spec
 from app.config import get_settings
 from app.db.session import session_scope
 from app.ml.inference import ModelCache
@@ -47,11 +48,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     app = FastAPI(title="Tuneforge", version="0.1.0", lifespan=lifespan,
-                  description="Fine-tune and serve transformer models on your own text.")
+                  description="Fine-tune and serve transformer models on your own text.",
+                  generate_unique_id_function=operation_id)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, settings=get_settings())
     app.include_router(health.router)
     # Every other route needs a key; declared here once so no route can forget it.
     for router in (files.router, jobs.router, models.router, admin.router):
         app.include_router(router, dependencies=[Depends(get_principal)])
+    publish_spec(app, get_settings())
     return app

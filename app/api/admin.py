@@ -1,14 +1,16 @@
 from fastapi import APIRouter
 
 from app.api.deps import AdminDep, SessionDep
+from app.api.spec import errors, links
 from app.schemas.common import ListPage
 from app.schemas.keys import KeyCreate, KeyCreated, KeyPublic
 from app.services import keys
 
-router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], responses=errors(403))
 
 
-@router.post("", response_model=KeyCreated, status_code=201)
+@router.post("", response_model=KeyCreated, status_code=201,
+             responses={201: links("key_id", "revoke_key")})
 def create_key(body: KeyCreate, session: SessionDep, _: AdminDep) -> KeyCreated:
     record, key = keys.create_key(session, body.project, body.admin)
     return KeyCreated(**KeyPublic.of(record).model_dump(), key=key)

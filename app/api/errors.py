@@ -78,11 +78,27 @@ def _is_field(part: object) -> bool:
                                                 "int", "float", "list", "dict", "bool")
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), None,
-                          dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405 and (methods := allowed_methods(request)):
+        # The router names the methods of the first route on the path, one of several.
+        headers = {"Allow": ", ".join(methods)}
+    return error_response(exc.status_code, code, str(exc.detail), None, headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the published spec lists at this request's path."""
+    segments = request.url.path.rstrip("/").split("/")
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = template.split("/")
+        if len(parts) == len(segments) and all(
+                part == segment or (part.startswith("{") and part.endswith("}") and segment)
+                for part, segment in zip(parts, segments, strict=True)):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
 
 
 async def _database_down(_: Request, exc: Exception) -> JSONResponse:

@@ -1,37 +1,32 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Query
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
-from app.errors import InvalidRequest
+from app.api.spec import errors, links
 from app.schemas.common import Deleted, ListPage
-from app.schemas.files import FilePublic
+from app.schemas.files import FilePublic, UploadForm
 from app.services import files
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-UPLOAD_FIELDS = {"file", "purpose"}
-
-
-@router.post("", response_model=FilePublic)
-async def upload_file(request: Request, file: Annotated[UploadFile, File()],
-                      purpose: Annotated[str, Form()], session: SessionDep,
-                      settings: SettingsDep, store: StoreDep,
+@router.post("", response_model=FilePublic, responses={
+    **errors(415), 200: links("file_id", "get_file", "get_file_content", "delete_file")})
+async def upload_file(form: Annotated[UploadForm, Form(media_type="multipart/form-data")],
+                      session: SessionDep, settings: SettingsDep, store: StoreDep,
                       project_id: ProjectDep) -> FilePublic:
-    unknown = set((await request.form()).keys()) - UPLOAD_FIELDS
-    if unknown:
-        raise InvalidRequest(f"Unknown form field(s): {', '.join(sorted(unknown))}.",
-                             param=sorted(unknown)[0], code="unknown_field")
     # Parsing and validating every row is CPU work: keep it off the event loop.
     record = await run_in_threadpool(files.create_file, session, settings, store, project_id,
-                                     file.filename or "upload", purpose, file.file)
+                                     form.file.filename or "upload", form.purpose,
+                                     form.file.file)
     return FilePublic.of(record)
 
 
-@router.get("", response_model=ListPage[FilePublic])
+# 404: an `after` that names no file.
+@router.get("", response_model=ListPage[FilePublic], responses=errors(404))
 def list_files(session: SessionDep, project_id: ProjectDep, after: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000) -> ListPage[FilePublic]:
     rows, has_more = files.list_files(session, project_id, after, limit)
@@ -43,7 +38,10 @@ def get_file(file_id: str, session: SessionDep, project_id: ProjectDep) -> FileP
     return FilePublic.of(files.get_file(session, project_id, file_id))
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
+@router.get("/{file_id}/content", response_class=FileResponse, responses={200: {
+    "description": "The file as it was uploaded.",
+    "content": {"application/jsonl": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}}}}})
 def get_file_content(file_id: str, session: SessionDep, store: StoreDep,
                      project_id: ProjectDep) -> FileResponse:
     record = files.get_file(session, project_id, file_id)
@@ -52,7 +50,8 @@ def get_file_content(file_id: str, session: SessionDep, store: StoreDep,
                         filename=record.filename)
 
 
-@router.delete("/{file_id}", response_model=Deleted)
+# 409: a job's lineage still needs the file.
+@router.delete("/{file_id}", response_model=Deleted, responses=errors(409))
 def delete_file(file_id: str, session: SessionDep, store: StoreDep,
                 project_id: ProjectDep) -> Deleted:
     files.delete_file(session, store, project_id, file_id)

@@ -4,6 +4,7 @@ from sqlalchemy import text
 
 from app.api.deps import SettingsDep
 from app.db.session import engine_for
+from app.schemas.common import Readiness
 
 router = APIRouter(tags=["service"])
 
@@ -14,7 +15,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {
+    "model": Readiness, "description": "Not ready: the database or the broker is down."}})
 def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     checks = {"database": _database_ok(settings), "broker": request.app.state.broker_ok()}
     ready = all(checks.values())

@@ -3,21 +3,32 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from app.api.deps import ProjectDep, SendDep, SessionDep, SettingsDep
+from app.api.spec import errors, links
 from app.schemas.common import ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.services import jobs, outbox
+from app.services.jobs import IDEMPOTENCY_HEADER
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=100)]
 # Absent, or up to 200 characters with at least one that is not blank (400 otherwise).
-IdempotencyKey = Header(min_length=1, max_length=200, pattern=r"\S",
+IdempotencyKey = Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=200, pattern=r"\S",
                         description="Makes a retried create return the job the first request "
                                     "made (200) instead of a second job.")
 JobStatus = Annotated[str | None, Query(pattern="^(validating_files|queued|running|succeeded|"
                                                  "failed|cancelled|paused)$")]
 
 
-@router.post("", response_model=JobPublic, status_code=201)
+# Links: the new job's id is what every /{job_id} operation takes.
+JOB_LINKS = links("job_id", "get_job", "cancel_job", "pause_job", "resume_job", "list_events",
+                  "list_checkpoints")
+
+
+@router.post("", response_model=JobPublic, status_code=201, responses={
+    **errors(404, 409),
+    201: JOB_LINKS,
+    200: {"model": JobPublic, "description": "The job an earlier request with this "
+                                             "Idempotency-Key made.", **JOB_LINKS}})
 def create_job(body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep,
                send: SendDep, project_id: ProjectDep,
                idempotency_key: Annotated[str | None, IdempotencyKey] = None
@@ -31,7 +42,8 @@ def create_job(body: JobCreate, response: Response, session: SessionDep, setting
     return JobPublic.of(job)
 
 
-@router.get("", response_model=ListPage[JobPublic])
+# 404: an `after` that names no job.
+@router.get("", response_model=ListPage[JobPublic], responses=errors(404))
 def list_jobs(session: SessionDep, project_id: ProjectDep, after: str | None = None,
               limit: Limit = 20, status: JobStatus = None) -> ListPage[JobPublic]:
     rows, has_more = jobs.list_jobs(session, project_id, after, limit, status)
@@ -43,17 +55,17 @@ def get_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPubl
     return JobPublic.of(jobs.get_job(session, project_id, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(409))
 def cancel_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
     return JobPublic.of(jobs.cancel_job(session, project_id, job_id))
 
 
-@router.post("/{job_id}/pause", response_model=JobPublic)
+@router.post("/{job_id}/pause", response_model=JobPublic, responses=errors(409))
 def pause_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
     return JobPublic.of(jobs.pause_job(session, project_id, job_id))
 
 
-@router.post("/{job_id}/resume", response_model=JobPublic)
+@router.post("/{job_id}/resume", response_model=JobPublic, responses=errors(409))
 def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, send: SendDep,
                project_id: ProjectDep) -> JobPublic:
     job = jobs.resume_job(session, settings, project_id, job_id)

@@ -3,6 +3,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from app.api.deps import ModelCacheDep, ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.api.spec import errors
 from app.errors import Conflict, NotFound
 from app.ml.base_models import local_base_models
 from app.schemas.common import Deleted, ListPage
@@ -45,7 +46,8 @@ def get_model(model_id: str, session: SessionDep, settings: SettingsDep,
     raise NotFound(f"No model '{model_id}'.", param="model")
 
 
-@router.delete("/v1/models/{model_id}", response_model=Deleted)
+# 409: a base model, or a name or alias rather than one version.
+@router.delete("/v1/models/{model_id}", response_model=Deleted, responses=errors(409))
 def delete_model(model_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
                  cache: ModelCacheDep, project_id: ProjectDep) -> Deleted:
     if model_id in local_base_models(settings.resolved_models_dir):
@@ -56,7 +58,8 @@ def delete_model(model_id: str, session: SessionDep, settings: SettingsDep, stor
     return Deleted(id=model_id, object="model")
 
 
-@router.post("/v1/models/{model_id}/predict")
+# 409: the model is still being trained.
+@router.post("/v1/models/{model_id}/predict", responses=errors(409))
 def predict(model_id: str, body: PredictRequest, response: Response, session: SessionDep,
             settings: SettingsDep, store: StoreDep, cache: ModelCacheDep,
             project_id: ProjectDep) -> Any:

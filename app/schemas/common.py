@@ -8,9 +8,10 @@ T = TypeVar("T")
 
 
 class StrictModel(BaseModel):
-    """Request bodies: unknown fields are an error, never silently ignored."""
+    """Request bodies: unknown fields are an error, never silently ignored, and a value of
+    the wrong JSON type is an error, never converted (`0` is not `false`, `"5"` not `5`)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ErrorDetail(BaseModel):
@@ -36,6 +37,11 @@ class ListPage(BaseModel, Generic[T]):
         ids = [getattr(item, "id", None) for item in data]
         return cls(data=data, has_more=has_more, first_id=ids[0] if ids else None,
                    last_id=ids[-1] if ids else None)
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, bool]
 
 
 class Deleted(BaseModel):

@@ -1,8 +1,18 @@
 from typing import Literal
 
-from pydantic import BaseModel
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict
 
 from app.db.models import DatasetFile
+
+
+class UploadForm(BaseModel):
+    """The parts of an upload; any other part is refused (422), never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: UploadFile
+    purpose: Literal["fine-tune"]
 
 
 class FilePublic(BaseModel):

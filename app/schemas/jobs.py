@@ -9,12 +9,6 @@ Auto = Literal["auto"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class LoraSettings(StrictModel):
-    r: Annotated[int, Field(ge=1, le=256)] = 8
-    alpha: Annotated[int, Field(ge=1, le=1024)] = 16
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-
-
 class HyperparametersIn(StrictModel):
     n_epochs: Annotated[int, Field(ge=1, le=50)] | Auto | None = None
     batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto | None = None
@@ -26,7 +20,6 @@ class HyperparametersIn(StrictModel):
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=64)] | None = None
     eval_steps: Annotated[int, Field(ge=1)] | None = None
     early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = None
-    lora: LoraSettings | None = None
 
 
 class JobCreate(StrictModel):

@@ -66,11 +66,6 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
     existing = _replay(session, project_id, idempotency_key, digest)
     if existing is not None:
         return existing, False
-    if (body.get("hyperparameters") or {}).get("lora") is not None:
-        # Refused rather than ignored: a full fine-tune is not what the caller asked for.
-        raise InvalidRequest("LoRA fine-tuning is not available yet; omit 'lora' for a full "
-                             "fine-tune.", param="hyperparameters.lora",
-                             code="unsupported_hyperparameter")
     _check_capacity(session, settings, project_id)
     training = get_file(session, project_id, body["training_file"])
     validation = (get_file(session, project_id, body["validation_file"])
