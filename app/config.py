@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +42,25 @@ class Settings(BaseSettings):
     # Prediction.
     max_predict_inputs: int = 256
     max_predict_chars: int = 100_000
-    model_cache_size: int = 4
+    # Predict rows (inputs) per key per minute, counted apart from the requests above; the
+    # default is above what one machine serves, so one caller can use all of it.
+    predict_rows_per_minute: int = 3_000_000
+    # Loaded versions are kept while their weights fit in this many bytes per API process
+    # (least recently used unloaded first); model_cache_size, if set, also caps the count.
+    model_cache_bytes: int = 2 * 1024**3
+    model_cache_size: int | None = None
+    # auto: bf16 where the hardware computes it natively, else fp32; or fp32, bf16, int8.
+    serve_precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    # Dynamic batching: rows of concurrent requests to one version share forward passes of
+    # at most this many (padded) tokens and rows; under load the runner waits this long for
+    # more rows before a pass.
+    max_batch_tokens: int = 8192
+    max_batch_rows: int = 256
+    batch_wait_ms: float = 2.0
+    # How long a verified API key and a resolved model reference are trusted in memory: a
+    # revoked key stops working, and an alias move takes effect, within this many seconds.
+    key_cache_seconds: float = 5.0
+    version_cache_seconds: float = 5.0
 
     # Jobs.
     # Longest one attempt may train; then the job fails with time_limit_exceeded. The

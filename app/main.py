@@ -7,15 +7,15 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app.api import admin, files, health, jobs, models
-from app.api.deps import get_principal
+from app.api.deps import get_caller, get_principal
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.spec import operation_id, publish_spec
 from app.config import get_settings
 from app.db.session import session_scope
-from app.ml.inference import ModelCache
-from app.services.keys import bootstrap_admin_key
+from app.services.keys import VerifiedKeys, bootstrap_admin_key
 from app.services.outbox import Sweeper
+from app.services.predictions import Predictor
 from app.services.ratelimit import rate_limiter
 from app.storage.artifacts import artifact_store
 from worker.celery_app import TRAIN_TASK, broker_reachable, create_celery
@@ -32,10 +32,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         celery.send_task(TRAIN_TASK, args=[job_id])
 
     app.state.store = artifact_store(settings.resolved_artifact_dir)
-    app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.send = send
     app.state.broker_ok = lambda: broker_reachable(celery)
     app.state.rate_limiter = rate_limiter(settings)
+    app.state.verified_keys = VerifiedKeys(settings.key_cache_seconds)
+    app.state.predictor = Predictor(settings, app.state.store, app.state.rate_limiter)
+    app.state.model_cache = app.state.predictor.models
     with session_scope(settings) as session:
         bootstrap_admin_key(session, settings)
     sweeper = Sweeper(settings, send, settings.sweep_seconds)
@@ -44,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         sweeper.stop()
+        app.state.model_cache.close()
 
 
 def create_app() -> FastAPI:
@@ -56,5 +59,6 @@ def create_app() -> FastAPI:
     # Every other route needs a key; declared here once so no route can forget it.
     for router in (files.router, jobs.router, models.router, admin.router):
         app.include_router(router, dependencies=[Depends(get_principal)])
+    app.include_router(models.predict_router, dependencies=[Depends(get_caller)])
     publish_spec(app, get_settings())
     return app

@@ -1,8 +1,17 @@
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import ModelCacheDep, ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import (
+    CallerDep,
+    ModelCacheDep,
+    PredictorDep,
+    ProjectDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    cancel_on_disconnect,
+)
 from app.api.spec import errors
 from app.errors import Conflict, NotFound
 from app.ml.base_models import local_base_models
@@ -15,11 +24,16 @@ from app.schemas.models import (
     VersionPublic,
 )
 from app.schemas.predict import PredictRequest
-from app.services import predictions, registry
+from app.services import registry
 
 router = APIRouter(tags=["models"])
+# Predict has a router of its own: it counts rows against its own limit, not requests.
+predict_router = APIRouter(tags=["models"])
 BASE_OWNER = "tuneforge"
 VERSION_HEADER = "X-Tuneforge-Model-Version"
+PRECISION_HEADER = "X-Tuneforge-Precision"
+# What a server logs for a client that closed the connection before the answer (nginx's 499).
+CLIENT_CLOSED_REQUEST = 499
 
 
 def _base_models(settings: SettingsDep) -> list[ModelPublic]:
@@ -49,25 +63,30 @@ def get_model(model_id: str, session: SessionDep, settings: SettingsDep,
 # 409: a base model, or a name or alias rather than one version.
 @router.delete("/v1/models/{model_id}", response_model=Deleted, responses=errors(409))
 def delete_model(model_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
-                 cache: ModelCacheDep, project_id: ProjectDep) -> Deleted:
+                 cache: ModelCacheDep, predictor: PredictorDep,
+                 project_id: ProjectDep) -> Deleted:
     if model_id in local_base_models(settings.resolved_models_dir):
         raise Conflict("Base models are shared and cannot be deleted.", param="model",
                        code="base_model_not_deletable")
     version = registry.delete_version(session, store, project_id, model_id)
     cache.evict(version.storage_key)
+    predictor.forget(version.id)
     return Deleted(id=model_id, object="model")
 
 
 # 409: the model is still being trained.
-@router.post("/v1/models/{model_id}/predict", responses=errors(409))
-def predict(model_id: str, body: PredictRequest, response: Response, session: SessionDep,
-            settings: SettingsDep, store: StoreDep, cache: ModelCacheDep,
-            project_id: ProjectDep) -> Any:
-    version, outputs = predictions.predict(session, settings, store, cache, project_id,
-                                           model_id, body.as_list(), body.parameter_dict(),
-                                           batched=body.batched)
-    response.headers[VERSION_HEADER] = version.id
-    return outputs
+@predict_router.post("/v1/models/{model_id}/predict", responses=errors(409))
+async def predict(model_id: str, body: PredictRequest, request: Request, response: Response,
+                  principal: CallerDep, predictor: PredictorDep) -> Any:
+    # Async, with no database session: the hot path runs on the event loop and in the
+    # model's batch runner only (app.services.predictions).
+    prediction = await cancel_on_disconnect(request, predictor.predict(
+        principal, model_id, body.as_list(), body.parameter_dict(), batched=body.batched))
+    if prediction is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    response.headers[VERSION_HEADER] = prediction.version.id
+    response.headers[PRECISION_HEADER] = prediction.precision
+    return prediction.body
 
 
 @router.get("/v1/registry/{name}", response_model=RegisteredModelPublic)
@@ -82,6 +101,7 @@ def get_registered_model(name: str, session: SessionDep,
 
 @router.put("/v1/registry/{name}/aliases/{alias}", response_model=AliasPublic)
 def set_alias(name: str, alias: str, body: AliasUpdate, session: SessionDep,
-              project_id: ProjectDep) -> AliasPublic:
+              predictor: PredictorDep, project_id: ProjectDep) -> AliasPublic:
     version = registry.set_alias(session, project_id, name, alias, body.version)
+    predictor.forget_name(project_id, name)
     return AliasPublic(name=name, alias=alias, version=version.id)

@@ -4,6 +4,7 @@ import hashlib
 import logging
 import os
 import secrets
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from app.config import Settings
 from app.db.models import ApiKey
 from app.errors import InvalidRequest, NotFound, Unauthorized
 from app.ids import new_id, now
+from app.services.expiring import ExpiringCache
 from app.services.projects import DEFAULT_PROJECT, ensure_project
 
 log = logging.getLogger(__name__)
@@ -52,15 +54,50 @@ def create_key(session: Session, project_name: str, admin: bool) -> tuple[ApiKey
     return record, key
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
+def presented_key_hash(authorization: str | None) -> str:
+    """The hash of the key in an Authorization header (Unauthorized if there is none)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
+    return hash_key(token.strip())
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    return _principal(session, presented_key_hash(authorization))
+
+
+def _principal(session: Session, key_hash: str) -> Principal:
     # Looked up by hash: a caller cannot steer which bytes are compared, so no timing leak.
-    record = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
+    record = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
     if record is None or record.revoked_at is not None:
         raise Unauthorized("The API key is not valid or has been revoked.")
     return Principal(record.id, record.project_id, record.admin)
+
+
+# Every VerifiedKeys of this process (one per app), so a revocation here reaches them all.
+_VERIFIED: "weakref.WeakSet[VerifiedKeys]" = weakref.WeakSet()
+
+
+class VerifiedKeys:
+    """Keys the database accepted within the last `ttl_seconds`, so most requests verify
+    their key without a query. A revoked key keeps working here for at most that long;
+    unknown and revoked keys are never remembered, so each costs a lookup."""
+
+    def __init__(self, ttl_seconds: float):
+        self._principals: ExpiringCache[Principal] = ExpiringCache(ttl_seconds)
+        _VERIFIED.add(self)
+
+    def forget(self, key_id: str) -> None:
+        self._principals.discard_where(lambda _, principal: principal.key_id == key_id)
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        return self._principals.get(presented_key_hash(authorization))
+
+    def verify(self, session: Session, authorization: str | None) -> Principal:
+        key_hash = presented_key_hash(authorization)
+        principal = _principal(session, key_hash)
+        self._principals.put(key_hash, principal)
+        return principal
 
 
 def list_keys(session: Session) -> Sequence[ApiKey]:
@@ -74,6 +111,9 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
     if record.revoked_at is None:
         record.revoked_at = now()
         session.commit()
+    # Revoked through this process: refused here at once (elsewhere within the TTL).
+    for verified in list(_VERIFIED):
+        verified.forget(key_id)
     return record
 
 

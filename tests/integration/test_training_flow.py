@@ -67,7 +67,10 @@ def predict(client: TestClient, model: str, inputs: Any = "good film",
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Flow]:
-    with running_app(tmp_path_factory.mktemp("flow") / "data", models_dir) as (client, s):
+    # References re-read on every request: "sentiment" must name v2 as soon as v2 exists
+    # (the in-memory staleness bound has tests of its own, in test_serving.py).
+    with running_app(tmp_path_factory.mktemp("flow") / "data", models_dir,
+                     version_cache_seconds="0") as (client, s):
         train_file = upload(client, TRAIN_CONTENT, "reviews.jsonl").json()
         dev_file = upload(client, DEV_CONTENT, "dev.jsonl").json()
         state = Flow(client, s, train_file, dev_file)

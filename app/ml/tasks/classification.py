@@ -15,7 +15,13 @@ from transformers import (
 )
 
 from app.errors import DatasetInvalid
-from app.ml.tasks.base import Features, Row, TaskAdapter, load_pretrained
+from app.ml.tasks.base import (
+    Features,
+    Row,
+    TaskAdapter,
+    length_sorted_batches,
+    load_pretrained,
+)
 
 PREDICT_BATCH = 32
 
@@ -116,13 +122,8 @@ class TextClassification(TaskAdapter):
                 inputs: list[str], parameters: dict[str, Any], max_length: int) -> list[Any]:
         id2label: dict[int, str] = {int(k): v for k, v in (model.config.id2label or {}).items()}
         top_k = parameters.get("top_k") or len(id2label)
-        # Sorting by length keeps padding, and so wasted compute, small within each batch.
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         results: list[Any] = [None] * len(inputs)
-        for start in range(0, len(order), PREDICT_BATCH):
-            chunk = order[start:start + PREDICT_BATCH]
-            batch = tokenizer([inputs[i] for i in chunk], truncation=True,
-                              max_length=max_length, padding=True, return_tensors="pt")
+        for chunk, batch in length_sorted_batches(tokenizer, inputs, max_length, PREDICT_BATCH):
             batch = batch.to(model.device)
             probs = torch.softmax(model(**batch).logits.float(), dim=-1).cpu()
             for row, i in zip(probs, chunk, strict=True):

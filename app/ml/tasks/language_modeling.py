@@ -28,11 +28,18 @@ from transformers import (
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 from app.errors import DatasetInvalid, InvalidRequest
-from app.ml.tasks.base import Features, Row, TaskAdapter, load_pretrained
+from app.ml.tasks.base import (
+    Features,
+    Row,
+    TaskAdapter,
+    length_sorted_batches,
+    load_pretrained,
+)
 
 MASK_PROBABILITY = 0.15
 DEFAULT_TOP_K = 5
 DEFAULT_NEW_TOKENS = 20
+PREDICT_BATCH = 32
 
 
 class LanguageModeling(TaskAdapter):
@@ -118,29 +125,40 @@ class MaskedLanguageModeling(LanguageModeling):
                 where = f"inputs[{i}]" if len(inputs) > 1 else "inputs"
                 raise InvalidRequest(f"{where} must hold exactly one {mask} token; it holds "
                                      f"{text.count(mask)}.", param=where, code="invalid_mask")
-        return [self._fill(model, tokenizer, text, top_k, max_length) for text in inputs]
-
-    @staticmethod
-    def _fill(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str,
-              top_k: int, max_length: int) -> list[dict[str, Any]]:
-        batch = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-        ids = batch["input_ids"][0]
-        where = (ids == tokenizer.mask_token_id).nonzero()
-        if where.numel() == 0:
-            raise InvalidRequest(f"The {tokenizer.mask_token} token lies beyond the first "
-                                 f"{max_length} tokens.", param="inputs", code="invalid_mask")
-        position = int(where[0, 0])
-        logits = model(**batch.to(model.device)).logits[0, position].float().cpu()
-        # Scores stay the model's probabilities over the whole vocabulary.
-        probabilities = torch.softmax(logits, dim=-1)
-        results = []
-        for token in _words_by_probability(tokenizer, probabilities, top_k):
-            filled = ids.clone()
-            filled[position] = token
-            results.append({"score": float(probabilities[token]), "token": token,
-                            "token_str": _text(tokenizer, [token]).strip(),
-                            "sequence": _text(tokenizer, filled.tolist())})
+        results: list[Any] = [None] * len(inputs)
+        for chunk, batch in length_sorted_batches(tokenizer, inputs, max_length, PREDICT_BATCH):
+            rows = [ids[keep.bool()] for ids, keep in
+                    zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+            positions = [_mask_position(tokenizer, ids, max_length) for ids in rows]
+            logits = model(**batch.to(model.device)).logits
+            for row, i in enumerate(chunk):
+                results[i] = _candidates(tokenizer, rows[row], positions[row],
+                                         logits[row, positions[row]].float().cpu(), top_k)
         return results
+
+
+def _mask_position(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor,
+                   max_length: int) -> int:
+    where = (ids == tokenizer.mask_token_id).nonzero()
+    if where.numel() == 0:
+        raise InvalidRequest(f"The {tokenizer.mask_token} token lies beyond the first "
+                             f"{max_length} tokens.", param="inputs", code="invalid_mask")
+    return int(where[0, 0])
+
+
+def _candidates(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, position: int,
+                logits: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+    """The top_k tokens for the mask, each with the input it completes."""
+    # Scores stay the model's probabilities over the whole vocabulary.
+    probabilities = torch.softmax(logits, dim=-1)
+    results = []
+    for token in _words_by_probability(tokenizer, probabilities, top_k):
+        filled = ids.clone()
+        filled[position] = token
+        results.append({"score": float(probabilities[token]), "token": token,
+                        "token_str": _text(tokenizer, [token]).strip(),
+                        "sequence": _text(tokenizer, filled.tolist())})
+    return results
 
 
 def _words_by_probability(tokenizer: PreTrainedTokenizerBase, probabilities: torch.Tensor,
