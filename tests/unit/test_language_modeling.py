@@ -1,18 +1,20 @@
 """Continued pretraining on a tiny BERT (masked-LM) and a tiny GPT-2 (causal-LM)."""
 
+import copy
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from tokenizers.processors import TemplateProcessing
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 from app.errors import DatasetInvalid, InvalidRequest
@@ -23,16 +25,24 @@ from app.ml.tasks.language_modeling import CausalLanguageModeling, MaskedLanguag
 from app.ml.tasks.registry import detect_task, get_task
 from app.ml.training import TrainingPlan, TrainingResult, fine_tune
 from tests.unit.test_training import RecordingObserver
-from tests.unit.tiny_model import SPECIAL_TOKENS, VOCAB, sentiment_rows
+from tests.unit.tiny_model import (
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    SPECIAL_TOKENS,
+    VOCAB,
+    sentiment_rows,
+)
 
 TEXTS = [{"text": row["text"]} for row in sentiment_rows(48)]
 MLM = MaskedLanguageModeling()
 CLM = CausalLanguageModeling()
+SENTIMENT_WORDS = set(POSITIVE_WORDS + NEGATIVE_WORDS)
 
 
-def plan_for(task: Any, model_dir: Path, output_dir: Path, n_epochs: int = 2) -> TrainingPlan:
-    hyperparameters = resolve({"n_epochs": n_epochs, "batch_size": 8, "learning_rate": 3e-3,
-                               "max_length": 16}, len(TEXTS))
+def plan_for(task: Any, model_dir: Path, output_dir: Path, n_epochs: int = 2,
+             learning_rate: float = 3e-3) -> TrainingPlan:
+    hyperparameters = resolve({"n_epochs": n_epochs, "batch_size": 8,
+                               "learning_rate": learning_rate, "max_length": 16}, len(TEXTS))
     return TrainingPlan(task=task, base_model=str(model_dir), train_rows=TEXTS[:40],
                         eval_rows=TEXTS[40:], labels=task.labels(TEXTS), seed=0,
                         hyperparameters=hyperparameters, output_dir=output_dir)
@@ -206,11 +216,17 @@ def test_a_pretrained_version_is_a_base_for_classification(
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random GPT-2, with the tiny BERT's word-level tokenizer."""
+def tiny_gpt2_dir(tiny_tokenizer: PreTrainedTokenizerBase,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2, with the tiny BERT's words in a decoder's tokenizer: [CLS] opens
+    a text as its beginning token, and nothing closes it. (BERT's own tokenizer would end
+    every prompt with [SEP], the end of text, and ask the model to go on from there.)"""
     directory = tmp_path_factory.mktemp("gpt2") / "tiny-gpt2"
-    shutil.copytree(tiny_model_dir, directory,
-                    ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+    words = copy.deepcopy(tiny_tokenizer.backend_tokenizer)
+    words.post_processor = TemplateProcessing(
+        single="[CLS] $A", special_tokens=[("[CLS]", tiny_tokenizer.cls_token_id)])
+    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="[CLS]", eos_token="[SEP]",
+                            pad_token="[PAD]", unk_token="[UNK]").save_pretrained(directory)
     config = GPT2Config(vocab_size=len(VOCAB), n_embd=32, n_layer=1, n_head=2, n_positions=64,
                         bos_token_id=2, eos_token_id=3, pad_token_id=0)
     with torch.random.fork_rng():
@@ -221,7 +237,10 @@ def tiny_gpt2_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 def test_causal_lm_trains_and_continues_a_prompt(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
     observer = RecordingObserver()
-    result = fine_tune(plan_for(CLM, tiny_gpt2_dir, tmp_path / "job"), observer)
+    # Long enough to learn the rows' pattern, "the <word> was <sentiment> and <sentiment>",
+    # so what follows a prompt is the data's doing rather than the random start's.
+    plan = plan_for(CLM, tiny_gpt2_dir, tmp_path / "job", n_epochs=4, learning_rate=3e-2)
+    result = fine_tune(plan, observer)
     assert result.stopped is None and result.best_checkpoint is not None
     losses = [metrics["loss"] for _, metrics in observer.evaluations]
     assert losses[-1] < losses[0], losses
@@ -229,4 +248,8 @@ def test_causal_lm_trains_and_continues_a_prompt(tiny_gpt2_dir: Path, tmp_path: 
     loaded = load_model(get_task("causal-lm"), result.best_checkpoint, 16)
     [[generation]] = loaded.predict(["the movie was"], {"max_new_tokens": 3})
     text = generation["generated_text"]
-    assert text.startswith("the movie was") and len(text.split()) > 3, text
+    # Which sentiment word comes first is a near tie; that one does, then "and", is not.
+    assert text.startswith("the movie was "), text
+    words = text.removeprefix("the movie was ").split()
+    assert len(words) == 3 and words[1] == "and", text
+    assert {words[0], words[2]} <= SENTIMENT_WORDS, text
