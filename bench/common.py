@@ -157,12 +157,18 @@ class Service:
                   **fields: Any) -> dict[str, Any]:
         """Create a job with args' hyperparameters (and any other job `fields`), wait for it
         to succeed and return it, with `_wall_s` from creation to the poll that saw it done."""
+        return self.train(train_id, validation_id, {
+            "n_epochs": args.epochs, "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate, "max_length": args.max_length},
+            seed=args.seed, **fields)
+
+    def train(self, train_id: str, validation_id: str | None,
+              hyperparameters: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """Create a job with these hyperparameters (the service chooses what they leave out)
+        and wait for it to succeed, as fine_tune does."""
         job = self.call("POST", "/v1/fine_tuning/jobs", json={
             "model": BASE_MODEL, "training_file": train_id, "validation_file": validation_id,
-            "seed": args.seed, **fields,
-            "hyperparameters": {"n_epochs": args.epochs, "batch_size": args.batch_size,
-                                "learning_rate": args.learning_rate,
-                                "max_length": args.max_length}})
+            "hyperparameters": hyperparameters, **fields})
         started = time.perf_counter()
         while job["status"] not in {"succeeded", "failed", "cancelled"}:
             time.sleep(POLL_S)

@@ -1,5 +1,6 @@
 """Base models a job may start from: the bundled MiniLM, local folders, and hub ids if allowed."""
 
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -47,3 +48,17 @@ def resolve_base_model(model_id: str, models_dir: Path, allow_network: bool) -> 
         return BaseModel(model_id, model_id)
     raise InvalidRequest(f"Model '{model_id}' is not an available base model or fine-tuned "
                          "model.", param="model", code="model_not_found")
+
+
+def parameter_count(source: str) -> int | None:
+    """The model's parameter count from its safetensors headers (no weights are read), or
+    None for a hub id or a folder without them."""
+    from safetensors import safe_open
+
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(weights.get_slice(name).get_shape())
+    return total or None

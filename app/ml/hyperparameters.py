@@ -1,9 +1,46 @@
-"""Resolving a job's hyperparameters ("auto" included) to the values training will use."""
+"""Resolving a job's hyperparameters ("auto" included) to the values training will use.
 
-from dataclasses import asdict, dataclass
+What the caller sends wins. What it leaves out (or sends as "auto") is chosen from the data
+and the base model, and each choice comes with the reason a job records as an event:
+
+- batch_size: 16 below 5,000 rows, where more, smaller updates help; 32 above.
+- n_epochs: enough passes for about TARGET_STEPS optimizer steps, 2 to 10: a small dataset
+  needs many passes to move a pretrained model, a large one few.
+- learning_rate: by the base model's size (small encoders train best with larger steps:
+  1e-4 under 50M parameters, 5e-5 under 200M, 2e-5 above), doubled when the whole run makes
+  fewer than FEW_STEPS updates; learning_rate_multiplier scales the result.
+- eval_steps: about EVALUATIONS_PER_RUN evaluations over the run (at least every
+  MIN_EVAL_STEPS steps, and at least once an epoch), each one a checkpoint the best can be
+  picked from.
+- early_stopping_patience: stop after PATIENCE evaluations without improvement.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 BASE_LEARNING_RATE = 5e-5
+SMALL_BATCH_BELOW_ROWS = 5_000
+TARGET_STEPS = 600
+MIN_EPOCHS, MAX_EPOCHS = 2, 10
+FEW_STEPS = 200
+EVALUATIONS_PER_RUN = 8
+MIN_EVAL_STEPS = 10
+PATIENCE = 3
+MAX_LENGTH = 128
+# Learning rate by base-model size: (parameters below, learning rate).
+LEARNING_RATE_BY_SIZE = ((50_000_000, 1e-4), (200_000_000, 5e-5))
+LARGE_MODEL_LEARNING_RATE = 2e-5
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """What the automatic choices look at: the training rows and the base model."""
+
+    n_rows: int
+    n_labels: int = 2
+    # The base model's parameter count; None where it cannot be read without loading it.
+    parameters: int | None = None
 
 
 @dataclass(frozen=True)
@@ -18,9 +55,13 @@ class Hyperparameters:
     gradient_accumulation_steps: int
     eval_steps: int | None
     early_stopping_patience: int | None
+    # Why each automatic value was chosen, in words (recorded as job events; not a setting).
+    reasons: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values.pop("reasons")
+        return values
 
 
 def _given(raw: dict[str, Any], key: str) -> Any:
@@ -28,31 +69,88 @@ def _given(raw: dict[str, Any], key: str) -> Any:
     return None if value in (None, "auto") else value
 
 
-def auto_epochs(n_rows: int) -> int:
-    # Small datasets need more passes to move a pretrained head; large ones do not.
-    if n_rows < 1_000:
-        return 5
-    return 3 if n_rows < 50_000 else 2
+def _size(parameters: int | None) -> str:
+    return f"a {parameters / 1e6:.0f}M-parameter model" if parameters else "a model of unknown size"
 
 
-def auto_batch_size(n_rows: int) -> int:
-    return 16 if n_rows < 1_000 else 32
+def auto_batch_size(n_rows: int) -> tuple[int, str]:
+    if n_rows < SMALL_BATCH_BELOW_ROWS:
+        return 16, f"batch_size 16 because {n_rows:,} rows is few: more, smaller updates"
+    return 32, f"batch_size 32 because {n_rows:,} rows is plenty"
 
 
-def resolve(raw: dict[str, Any], n_rows: int) -> Hyperparameters:
+def auto_epochs(steps_per_epoch: int) -> tuple[int, str]:
+    wanted = math.ceil(TARGET_STEPS / steps_per_epoch)
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, wanted))
+    if epochs == wanted:
+        why = f"for about {TARGET_STEPS} optimizer steps at {steps_per_epoch} an epoch"
+    elif epochs == MIN_EPOCHS:
+        why = f"(the fewest): {steps_per_epoch} steps an epoch are already plenty"
+    else:
+        why = (f"(the most) for only {steps_per_epoch} steps an epoch; early stopping ends "
+               "the run once validation stops improving")
+    return epochs, f"n_epochs {epochs} {why}"
+
+
+def auto_learning_rate(parameters: int | None, total_steps: int,
+                       multiplier: float) -> tuple[float, str]:
+    base = BASE_LEARNING_RATE if parameters is None else next(
+        (rate for below, rate in LEARNING_RATE_BY_SIZE if parameters < below),
+        LARGE_MODEL_LEARNING_RATE)
+    why = [_size(parameters)]
+    if total_steps < FEW_STEPS:
+        base *= 2
+        why.append(f"only {total_steps} optimizer steps (doubled)")
+    if multiplier != 1.0:
+        why.append(f"learning_rate_multiplier {multiplier:g}")
+    rate = base * multiplier
+    return rate, f"learning_rate {rate:.0e} because {' and '.join(why)}"
+
+
+def auto_eval_steps(total_steps: int, steps_per_epoch: int) -> tuple[int, str]:
+    every = min(steps_per_epoch, max(MIN_EVAL_STEPS,
+                                     math.ceil(total_steps / EVALUATIONS_PER_RUN)))
+    return every, (f"eval_steps {every}: about {math.ceil(total_steps / every)} evaluations "
+                   f"over {total_steps} steps, the best of which becomes the version")
+
+
+def resolve(raw: dict[str, Any], profile: DataProfile | int) -> Hyperparameters:
+    if isinstance(profile, int):
+        profile = DataProfile(n_rows=profile)
+    reasons: list[str] = []
+
+    def chosen(value: Any, auto: tuple[Any, str]) -> Any:
+        if value is not None:
+            return value
+        reasons.append(auto[1])
+        return auto[0]
+
+    batch_size = int(chosen(_given(raw, "batch_size"), auto_batch_size(profile.n_rows)))
+    accumulation = int(_given(raw, "gradient_accumulation_steps") or 1)
+    steps_per_epoch = max(1, math.ceil(profile.n_rows / (batch_size * accumulation)))
+    epochs = int(chosen(_given(raw, "n_epochs"), auto_epochs(steps_per_epoch)))
+    total_steps = steps_per_epoch * epochs
     multiplier = float(_given(raw, "learning_rate_multiplier") or 1.0)
-    learning_rate = float(_given(raw, "learning_rate") or BASE_LEARNING_RATE * multiplier)
+    learning_rate = float(chosen(_given(raw, "learning_rate"),
+                                 auto_learning_rate(profile.parameters, total_steps, multiplier)))
+    eval_steps = chosen(_given(raw, "eval_steps"), auto_eval_steps(total_steps, steps_per_epoch))
+    patience = _given(raw, "early_stopping_patience")
+    if patience is None:
+        patience = PATIENCE
+        reasons.append(f"early_stopping_patience {PATIENCE}: training stops after "
+                       f"{PATIENCE} evaluations without improvement")
     return Hyperparameters(
-        n_epochs=int(_given(raw, "n_epochs") or auto_epochs(n_rows)),
-        batch_size=int(_given(raw, "batch_size") or auto_batch_size(n_rows)),
+        n_epochs=epochs,
+        batch_size=batch_size,
         learning_rate=learning_rate,
         learning_rate_multiplier=multiplier,
-        max_length=int(_given(raw, "max_length") or 128),
+        max_length=int(_given(raw, "max_length") or MAX_LENGTH),
         warmup_ratio=float(_given(raw, "warmup_ratio") if raw.get("warmup_ratio") is not None
                            else 0.06),
         weight_decay=float(_given(raw, "weight_decay") if raw.get("weight_decay") is not None
                            else 0.01),
-        gradient_accumulation_steps=int(_given(raw, "gradient_accumulation_steps") or 1),
-        eval_steps=_given(raw, "eval_steps"),
-        early_stopping_patience=_given(raw, "early_stopping_patience"),
+        gradient_accumulation_steps=accumulation,
+        eval_steps=int(eval_steps),
+        early_stopping_patience=int(patience),
+        reasons=tuple(reasons),
     )

@@ -15,8 +15,8 @@ from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint
 from app.db.session import retry_on_outage, session_scope
 from app.ids import new_id, now
-from app.ml.base_models import resolve_base_model
-from app.ml.hyperparameters import resolve
+from app.ml.base_models import parameter_count, resolve_base_model
+from app.ml.hyperparameters import DataProfile, resolve
 from app.ml.precision import use_bf16
 from app.ml.tasks.base import Row
 from app.ml.tasks.registry import get_task
@@ -152,9 +152,13 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
     source = (str(store.local_path(version.storage_key)) if version else
               resolve_base_model(job.model, settings.resolved_models_dir,
                                  settings.allow_network).source)
-    hyperparameters = resolve(job.hyperparameters, len(train_rows))
+    labels = task.labels(train_rows)
+    hyperparameters = resolve(job.hyperparameters, DataProfile(
+        n_rows=len(train_rows), n_labels=len(labels), parameters=parameter_count(source)))
+    for reason in hyperparameters.reasons:
+        record_event(session, job.id, f"auto: {reason}.")
     plan = TrainingPlan(task=task, base_model=source, train_rows=train_rows,
-                        eval_rows=eval_rows, labels=task.labels(train_rows),
+                        eval_rows=eval_rows, labels=labels,
                         hyperparameters=hyperparameters, seed=job.seed,
                         output_dir=store.local_path(job.artifact_key),
                         mixed_precision=settings.mixed_precision)

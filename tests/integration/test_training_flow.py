@@ -25,8 +25,9 @@ VERSION_HEADER = "X-Tuneforge-Model-Version"
 HYPERPARAMETERS = {"n_epochs": 2, "batch_size": 8, "learning_rate": 3e-3}
 RESOLVED = {"n_epochs": 2, "batch_size": 8, "learning_rate": 3e-3,
             "learning_rate_multiplier": 1.0, "max_length": 128, "warmup_ratio": 0.06,
-            "weight_decay": 0.01, "gradient_accumulation_steps": 1, "eval_steps": None,
-            "early_stopping_patience": None}
+            "weight_decay": 0.01, "gradient_accumulation_steps": 1,
+            # Chosen for the run: at most once an epoch here (5 steps), patience 3.
+            "eval_steps": 5, "early_stopping_patience": 3}
 TRAIN_CONTENT = jsonl_bytes(sentiment_rows(40))
 DEV_CONTENT = jsonl_bytes(sentiment_rows(60)[40:])
 # 40 rows, 10% of each label held out: 36 training rows in batches of 8.
@@ -217,8 +218,9 @@ def test_predict_is_deterministic_and_batched(flow: Flow) -> None:
                                  "ft:sentiment:v1", n_inputs=4)
     for text, expected in zip(inputs, batch, strict=True):
         (alone,) = predict(flow.client, "ft:sentiment:v1", [text]).json()
-        assert [i["label"] for i in alone] == [i["label"] for i in expected]
-        assert alone[0]["score"] == pytest.approx(expected[0]["score"], abs=1e-4)
+        # Matched by label, not rank: padding may swap two labels a hair apart.
+        assert {i["label"]: i["score"] for i in alone} == pytest.approx(
+            {i["label"]: i["score"] for i in expected}, abs=1e-4)
     top1 = check_classification(predict(flow.client, "ft:sentiment:v1", inputs, top_k=1),
                                 "ft:sentiment:v1", n_inputs=4, n_labels=1)
     assert [o[0]["label"] for o in top1] == [o[0]["label"] for o in batch]
