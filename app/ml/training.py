@@ -79,6 +79,14 @@ class TrainingResult:
     evaluate_and_save_s: float = 0.0
     train_samples_per_s: float = 0.0
     trained_tokens: int = 0
+    # Where training ended: before total_steps when early stopping ended it.
+    final_step: int = 0
+    total_steps: int = 0
+    best_step: int = 0
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopped is None and 0 < self.final_step < self.total_steps
 
 
 def stratified_split(rows: Sequence[Row], fraction: float, seed: int,
@@ -363,6 +371,9 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
         train_samples_per_s=_samples_per_training_second(trainer, callback, runtime,
                                                          len(train_features) * hp.n_epochs),
         trained_tokens=tokens,
+        final_step=trainer.state.global_step,
+        total_steps=trainer.state.max_steps,
+        best_step=best_step,
     )
 
 

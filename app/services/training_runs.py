@@ -220,8 +220,14 @@ def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob
                                         prepared.plan.labels, metrics, prepared.base_model_ref)
     job.status, job.finished_at, job.fine_tuned_model = "succeeded", now(), version.id
     # Progress is written at logging steps; the last step may fall between two of them.
-    total = (job.progress or {}).get("total_steps") or 0
-    job.progress = {**(job.progress or {}), "step": total, "fraction": 1.0}
+    total = result.total_steps or (job.progress or {}).get("total_steps") or 0
+    job.progress = {**(job.progress or {}), "step": result.final_step or total,
+                    "total_steps": total, "fraction": 1.0}
+    if result.stopped_early:
+        record_event(session, job.id, f"Stopped early at step {result.final_step} of {total}: "
+                     f"{prepared.plan.hyperparameters.early_stopping_patience} evaluations "
+                     f"without improvement. The best checkpoint (step {result.best_step}) "
+                     "becomes the version.")
     job.metrics, job.trained_tokens = metrics, result.trained_tokens
     record_event(session, job.id, f"Job succeeded: registered {version.id} "
                  f"({prepared.plan.task.best_metric} "

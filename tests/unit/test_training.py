@@ -1,5 +1,6 @@
 """The training loop on a tiny BERT: progress, checkpoints, best-model choice, cancel, pause."""
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -291,3 +292,22 @@ def test_pause_writes_checkpoint_then_resume_continues(tiny_model_dir: Path,
     assert steps[-1] == 20
     assert [step for step, *_ in resumed.checkpoints] == [10, 20]
     assert final.best_checkpoint is not None and final.best_checkpoint.is_dir()
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    # A learning rate too small to change any prediction: every evaluation ties the first.
+    plan = make_plan(tiny_model_dir, tmp_path / "job", n_epochs=4, learning_rate=1e-12)
+    plan = dataclasses.replace(plan, hyperparameters=dataclasses.replace(
+        plan.hyperparameters, eval_steps=1, early_stopping_patience=2))
+    result = fine_tune(plan, RecordingObserver())
+    assert result.stopped is None and result.stopped_early
+    # Evaluated at steps 1, 2 and 3: two evaluations without improvement after the first.
+    assert (result.final_step, result.total_steps) == (3, 4 * 5)
+    assert result.best_step == 1 and result.best_checkpoint is not None
+    assert result.best_checkpoint.name == "checkpoint-1"
+
+
+def test_a_run_that_keeps_improving_is_not_stopped_early(full_run: Run) -> None:
+    assert not full_run.result.stopped_early
+    assert full_run.result.final_step == full_run.result.total_steps
