@@ -9,10 +9,11 @@ sentences it never saw, mapped back onto the CoNLL tokens and scored with seqeva
 Measured with this slice and these settings: entity F1 0.557 on the scored sentences
 (aggregation `first`), and on the job's 100 validation sentences the exact character spans
 served with the default aggregation score 0.650 against the job's own seqeval F1 of 0.657
-(the test holds them within 0.01: both read the same words). An all-O tagger scores 0 and tagging every capitalised word PER
-0.085. (A tagger that memorises each training token's most frequent tag scores ~0.58 here:
-CoNLL's validation split repeats many training names, and MiniLM is uncased. One epoch on
-1,000 sentences does not beat that; the bar is about the pipeline, not the model.)
+(the test holds them within 0.01: both read the same words). An all-O tagger scores 0 and
+tagging every capitalised word PER 0.085. (A tagger that memorises each training token's
+most frequent tag scores ~0.58 here: CoNLL's validation split repeats many training names,
+and MiniLM is uncased. One epoch on 1,000 sentences does not beat that; the bar is about
+the pipeline, not the model.)
 """
 
 from __future__ import annotations
