@@ -12,7 +12,8 @@ and the base model, and each choice comes with the reason a job records as an ev
 - eval_steps: about EVALUATIONS_PER_RUN evaluations over the run (at least every
   MIN_EVAL_STEPS steps, and at least once an epoch), each one a checkpoint the best can be
   picked from.
-- early_stopping_patience: stop after PATIENCE evaluations without improvement.
+- early_stopping_patience: stop after PATIENCE evaluations without improvement; 0 sent
+  turns early stopping off (the run makes all its steps; the best checkpoint still wins).
 """
 
 import math

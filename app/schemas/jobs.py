@@ -19,7 +19,7 @@ class HyperparametersIn(StrictModel):
     weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=64)] | None = None
     eval_steps: Annotated[int, Field(ge=1)] | None = None
-    early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = None
+    early_stopping_patience: Annotated[int, Field(ge=0, le=100)] | None = None
 
 
 class JobCreate(StrictModel):

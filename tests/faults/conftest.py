@@ -101,7 +101,9 @@ class JobSpec:
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"n_epochs": self.n_epochs, "batch_size": self.batch_size,
-                "eval_steps": self.eval_steps, "learning_rate": 1e-3, "warmup_ratio": 0.0}
+                "eval_steps": self.eval_steps, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                # A fault must land mid-training: the job runs all its steps.
+                "early_stopping_patience": 0}
 
 
 @dataclass

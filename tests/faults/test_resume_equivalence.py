@@ -54,7 +54,8 @@ def plan(base_model: Path, output_dir: Path) -> TrainingPlan:
         task=get_task("text-classification"), base_model=str(base_model),
         train_rows=rows, eval_rows=sentiment_rows(12), labels=["negative", "positive"],
         hyperparameters=resolve({"n_epochs": 2, "batch_size": 8, "eval_steps": 2,
-                                 "learning_rate": 1e-3}, len(rows)),
+                                 "learning_rate": 1e-3, "early_stopping_patience": 0},
+                                len(rows)),
         seed=7, output_dir=output_dir)
 
 

@@ -14,7 +14,8 @@ from tests.integration.helpers import upload_rows
 
 JOBS = "/v1/fine_tuning/jobs"
 # Long enough (hundreds of steps) that the stop request arrives mid-training.
-SLOW = {"n_epochs": 20, "batch_size": 1, "learning_rate": 1e-3}
+# Long enough to cancel or pause mid-run: no early stopping.
+SLOW = {"n_epochs": 20, "batch_size": 1, "learning_rate": 1e-3, "early_stopping_patience": 0}
 
 
 def start_worker(job_id: str) -> threading.Thread:

@@ -59,6 +59,12 @@ def test_evaluation_cadence_is_in_steps_and_suits_small_runs() -> None:
     assert tiny.eval_steps == 3
 
 
+def test_zero_patience_turns_early_stopping_off() -> None:
+    resolved = _auto(2_000, early_stopping_patience=0)
+    assert resolved.early_stopping_patience == 0
+    assert not any("early_stopping" in reason for reason in resolved.reasons)
+
+
 def test_auto_strings_equal_absent_values() -> None:
     raw = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
     assert _auto(5_000, **raw) == _auto(5_000)
