@@ -71,5 +71,10 @@ def broker_reachable(app: Celery) -> bool:
         return False
 
 
-# The module-level app that `celery -A worker.celery_app` and `tuneforge worker` run.
-celery = create_celery(get_settings())
+def __getattr__(name: str) -> Celery:
+    # `celery -A worker.celery_app` looks up `celery` here. Built on first lookup, from the
+    # settings in force then, so that importing this module (as the API does) creates no
+    # broker folder and reads no settings before the CLI has applied its flags.
+    if name == "celery":
+        return create_celery(get_settings())
+    raise AttributeError(name)
