@@ -1,6 +1,7 @@
 from fastapi import APIRouter
 
 from app.api.deps import AdminDep, SessionDep
+from app.api.params import ResourceId
 from app.api.spec import errors, links
 from app.schemas.common import ListPage
 from app.schemas.keys import KeyCreate, KeyCreated, KeyPublic
@@ -22,5 +23,5 @@ def list_keys(session: SessionDep, _: AdminDep) -> ListPage[KeyPublic]:
 
 
 @router.delete("/{key_id}", response_model=KeyPublic)
-def revoke_key(key_id: str, session: SessionDep, _: AdminDep) -> KeyPublic:
+def revoke_key(key_id: ResourceId, session: SessionDep, _: AdminDep) -> KeyPublic:
     return KeyPublic.of(keys.revoke_key(session, key_id))

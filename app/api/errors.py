@@ -5,7 +5,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException
 
 from app import errors
@@ -101,6 +101,15 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+    # The spec keeps such values out (no NUL in an id); should one get through, it is the
+    # request's fault, not the server's.
+    log.warning("value refused by the database on %s %s: %s", request.method,
+                request.url.path, exc)
+    return error_response(422, "invalid_value", "A value in this request cannot be stored "
+                          "or looked up (text with a NUL character, or out of range).")
+
+
 async def _database_down(_: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
     return error_response(503, "database_unavailable", "The database is unavailable; retry "
@@ -118,4 +127,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(Exception, _unexpected)

@@ -5,6 +5,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.api.params import After, ResourceId
 from app.api.spec import errors, links
 from app.schemas.common import Deleted, ListPage
 from app.schemas.files import FilePublic, UploadForm
@@ -27,14 +28,14 @@ async def upload_file(form: Annotated[UploadForm, Form(media_type="multipart/for
 
 # 404: an `after` that names no file.
 @router.get("", response_model=ListPage[FilePublic], responses=errors(404))
-def list_files(session: SessionDep, project_id: ProjectDep, after: str | None = None,
+def list_files(session: SessionDep, project_id: ProjectDep, after: After = None,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000) -> ListPage[FilePublic]:
     rows, has_more = files.list_files(session, project_id, after, limit)
     return ListPage.of([FilePublic.of(f) for f in rows], has_more)
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-def get_file(file_id: str, session: SessionDep, project_id: ProjectDep) -> FilePublic:
+def get_file(file_id: ResourceId, session: SessionDep, project_id: ProjectDep) -> FilePublic:
     return FilePublic.of(files.get_file(session, project_id, file_id))
 
 
@@ -42,7 +43,7 @@ def get_file(file_id: str, session: SessionDep, project_id: ProjectDep) -> FileP
     "description": "The file as it was uploaded.",
     "content": {"application/jsonl": {"schema": {"type": "string"}},
                 "text/csv": {"schema": {"type": "string"}}}}})
-def get_file_content(file_id: str, session: SessionDep, store: StoreDep,
+def get_file_content(file_id: ResourceId, session: SessionDep, store: StoreDep,
                      project_id: ProjectDep) -> FileResponse:
     record = files.get_file(session, project_id, file_id)
     media = "application/jsonl" if record.format == "jsonl" else "text/csv"
@@ -52,7 +53,7 @@ def get_file_content(file_id: str, session: SessionDep, store: StoreDep,
 
 # 409: a job's lineage still needs the file.
 @router.delete("/{file_id}", response_model=Deleted, responses=errors(409))
-def delete_file(file_id: str, session: SessionDep, store: StoreDep,
+def delete_file(file_id: ResourceId, session: SessionDep, store: StoreDep,
                 project_id: ProjectDep) -> Deleted:
     files.delete_file(session, store, project_id, file_id)
     return Deleted(id=file_id, object="file")

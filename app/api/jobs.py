@@ -3,8 +3,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from app.api.deps import ProjectDep, SendDep, SessionDep, SettingsDep
+from app.api.params import After, ResourceId
 from app.api.spec import errors, links
-from app.schemas.common import ListPage
+from app.schemas.common import NOT_BLANK, ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.services import jobs, outbox
 from app.services.jobs import IDEMPOTENCY_HEADER
@@ -12,7 +13,7 @@ from app.services.jobs import IDEMPOTENCY_HEADER
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=100)]
 # Absent, or up to 200 characters with at least one that is not blank (400 otherwise).
-IdempotencyKey = Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=200, pattern=r"\S",
+IdempotencyKey = Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=200, pattern=NOT_BLANK,
                         description="Makes a retried create return the job the first request "
                                     "made (200) instead of a second job.")
 JobStatus = Annotated[str | None, Query(pattern="^(validating_files|queued|running|succeeded|"
@@ -44,29 +45,29 @@ def create_job(body: JobCreate, response: Response, session: SessionDep, setting
 
 # 404: an `after` that names no job.
 @router.get("", response_model=ListPage[JobPublic], responses=errors(404))
-def list_jobs(session: SessionDep, project_id: ProjectDep, after: str | None = None,
+def list_jobs(session: SessionDep, project_id: ProjectDep, after: After = None,
               limit: Limit = 20, status: JobStatus = None) -> ListPage[JobPublic]:
     rows, has_more = jobs.list_jobs(session, project_id, after, limit, status)
     return ListPage.of([JobPublic.of(j) for j in rows], has_more)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
+def get_job(job_id: ResourceId, session: SessionDep, project_id: ProjectDep) -> JobPublic:
     return JobPublic.of(jobs.get_job(session, project_id, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(409))
-def cancel_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
+def cancel_job(job_id: ResourceId, session: SessionDep, project_id: ProjectDep) -> JobPublic:
     return JobPublic.of(jobs.cancel_job(session, project_id, job_id))
 
 
 @router.post("/{job_id}/pause", response_model=JobPublic, responses=errors(409))
-def pause_job(job_id: str, session: SessionDep, project_id: ProjectDep) -> JobPublic:
+def pause_job(job_id: ResourceId, session: SessionDep, project_id: ProjectDep) -> JobPublic:
     return JobPublic.of(jobs.pause_job(session, project_id, job_id))
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic, responses=errors(409))
-def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, send: SendDep,
+def resume_job(job_id: ResourceId, session: SessionDep, settings: SettingsDep, send: SendDep,
                project_id: ProjectDep) -> JobPublic:
     job = jobs.resume_job(session, settings, project_id, job_id)
     outbox.dispatch(session, job.id, send)
@@ -74,15 +75,15 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, send: Se
 
 
 @router.get("/{job_id}/events", response_model=ListPage[EventPublic])
-def list_events(job_id: str, session: SessionDep, project_id: ProjectDep,
-                after: str | None = None, limit: Limit = 20) -> ListPage[EventPublic]:
+def list_events(job_id: ResourceId, session: SessionDep, project_id: ProjectDep,
+                after: After = None, limit: Limit = 20) -> ListPage[EventPublic]:
     rows, has_more = jobs.list_events(session, project_id, job_id, after, limit)
     return ListPage.of([EventPublic.of(e) for e in rows], has_more)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
-def list_checkpoints(job_id: str, session: SessionDep, project_id: ProjectDep,
-                     after: str | None = None, limit: Limit = 10
+def list_checkpoints(job_id: ResourceId, session: SessionDep, project_id: ProjectDep,
+                     after: After = None, limit: Limit = 10
                      ) -> ListPage[CheckpointPublic]:
     rows, has_more = jobs.list_checkpoints(session, project_id, job_id, after, limit)
     return ListPage.of([CheckpointPublic.of(c) for c in rows], has_more)

@@ -1,6 +1,6 @@
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from app.api.deps import (
     CallerDep,
@@ -12,11 +12,13 @@ from app.api.deps import (
     StoreDep,
     cancel_on_disconnect,
 )
+from app.api.params import ResourceId
 from app.api.spec import errors
 from app.errors import Conflict, NotFound
 from app.ml.base_models import local_base_models
 from app.schemas.common import Deleted, ListPage
 from app.schemas.models import (
+    ALIAS_PATTERN,
     AliasPublic,
     AliasUpdate,
     ModelPublic,
@@ -49,7 +51,7 @@ def list_models(session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelPublic)
-def get_model(model_id: str, session: SessionDep, settings: SettingsDep,
+def get_model(model_id: ResourceId, session: SessionDep, settings: SettingsDep,
               project_id: ProjectDep) -> ModelPublic:
     version = registry.find_version(session, project_id, model_id)
     if version is not None:
@@ -62,7 +64,7 @@ def get_model(model_id: str, session: SessionDep, settings: SettingsDep,
 
 # 409: a base model, or a name or alias rather than one version.
 @router.delete("/v1/models/{model_id}", response_model=Deleted, responses=errors(409))
-def delete_model(model_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
+def delete_model(model_id: ResourceId, session: SessionDep, settings: SettingsDep, store: StoreDep,
                  cache: ModelCacheDep, predictor: PredictorDep,
                  project_id: ProjectDep) -> Deleted:
     if model_id in local_base_models(settings.resolved_models_dir):
@@ -76,7 +78,7 @@ def delete_model(model_id: str, session: SessionDep, settings: SettingsDep, stor
 
 # 409: the model is still being trained.
 @predict_router.post("/v1/models/{model_id}/predict", responses=errors(409))
-async def predict(model_id: str, body: PredictRequest, request: Request, response: Response,
+async def predict(model_id: ResourceId, body: PredictRequest, request: Request, response: Response,
                   principal: CallerDep, predictor: PredictorDep) -> Any:
     # Async, with no database session: the hot path runs on the event loop and in the
     # model's batch runner only (app.services.predictions).
@@ -90,7 +92,7 @@ async def predict(model_id: str, body: PredictRequest, request: Request, respons
 
 
 @router.get("/v1/registry/{name}", response_model=RegisteredModelPublic)
-def get_registered_model(name: str, session: SessionDep,
+def get_registered_model(name: ResourceId, session: SessionDep,
                          project_id: ProjectDep) -> RegisteredModelPublic:
     view = registry.registry_view(session, project_id, name)
     return RegisteredModelPublic(name=view["model"].name,
@@ -100,7 +102,8 @@ def get_registered_model(name: str, session: SessionDep,
 
 
 @router.put("/v1/registry/{name}/aliases/{alias}", response_model=AliasPublic)
-def set_alias(name: str, alias: str, body: AliasUpdate, session: SessionDep,
+def set_alias(name: ResourceId, alias: Annotated[str, Path(max_length=64, pattern=ALIAS_PATTERN)],
+              body: AliasUpdate, session: SessionDep,
               predictor: PredictorDep, project_id: ProjectDep) -> AliasPublic:
     version = registry.set_alias(session, project_id, name, alias, body.version)
     predictor.forget_name(project_id, name)

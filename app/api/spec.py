@@ -17,7 +17,7 @@ from app.schemas.common import ErrorBody
 Responses = dict[int | str, dict[str, Any]]
 
 REASONS = {
-    400: "A malformed header or multipart body; `param` names the header.",
+    400: "A body that does not parse, or a malformed header (`param` names it).",
     401: "No API key, or one that is unknown or revoked.",
     403: "The key is not an admin key.",
     404: "No such resource in the caller's project; `param` says which.",
@@ -104,9 +104,9 @@ def statuses_of(operation: dict[str, Any]) -> set[int]:
     if parameters or body:
         statuses.add(422)
     if body:
-        statuses.add(413)
-    if (any(p["in"] == "header" for p in parameters)
-            or (body and "multipart/form-data" in body.get("content", {}))):
+        # 400: a body that does not parse (bytes that are not UTF-8, broken multipart).
+        statuses |= {400, 413}
+    if any(p["in"] == "header" for p in parameters):
         statuses.add(400)
     return statuses
 

@@ -5,6 +5,11 @@ from typing import Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 T = TypeVar("T")
+# Holds a character that str.strip() keeps: JSON Schema's \s, and the separators \x1c-\x1f
+# that Python also strips.
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+# No NUL character: PostgreSQL text cannot hold one.
+NO_NUL = r"^[^\x00]*$"
 
 
 class StrictModel(BaseModel):

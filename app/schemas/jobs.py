@@ -3,7 +3,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from app.db.models import FineTuningJob, JobCheckpoint, JobEvent
-from app.schemas.common import StrictModel
+from app.schemas.common import NO_NUL, StrictModel
 
 Auto = Literal["auto"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -22,10 +22,13 @@ class HyperparametersIn(StrictModel):
     early_stopping_patience: Annotated[int, Field(ge=0, le=100)] | None = None
 
 
+FileRef = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+
+
 class JobCreate(StrictModel):
-    model: Annotated[str, Field(min_length=1, max_length=200)]
-    training_file: Annotated[str, Field(min_length=1, max_length=64)]
-    validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    model: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+    training_file: FileRef
+    validation_file: FileRef | None = None
     hyperparameters: HyperparametersIn | None = None
     suffix: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None

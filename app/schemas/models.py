@@ -3,7 +3,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from app.db.models import ModelVersion
-from app.schemas.common import StrictModel
+from app.schemas.common import NO_NUL, StrictModel
 
 
 class ModelPublic(BaseModel):
@@ -47,8 +47,12 @@ class RegisteredModelPublic(BaseModel):
     aliases: dict[str, str]
 
 
+# A name (as NAME_PATTERN) that does not look like a version: not `v` and digits.
+ALIAS_PATTERN = r"^(?:[A-Za-uw-z0-9][A-Za-z0-9_.-]*|v|v[0-9]*[A-Za-z_.-][A-Za-z0-9_.-]*)$"
+
+
 class AliasUpdate(StrictModel):
-    version: Annotated[str, Field(min_length=1, max_length=120)]
+    version: Annotated[str, Field(min_length=1, max_length=120, pattern=NO_NUL)]
 
 
 class AliasPublic(BaseModel):

@@ -2,7 +2,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from app.schemas.common import StrictModel
+from app.schemas.common import NOT_BLANK, StrictModel
 
 
 class PredictParameters(StrictModel):
@@ -23,9 +23,11 @@ class PredictParameters(StrictModel):
     max_new_tokens: Annotated[int, Field(ge=1, le=256)] | None = None
 
 
+Text = Annotated[str, Field(min_length=1, pattern=NOT_BLANK)]
+
+
 class PredictRequest(StrictModel):
-    inputs: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[
-        str, Field(min_length=1)]], Field(min_length=1)]
+    inputs: Text | Annotated[list[Text], Field(min_length=1)]
     parameters: PredictParameters | None = None
 
     @property

@@ -40,7 +40,7 @@ def test_every_error_status_has_the_error_body(spec: dict[str, Any]) -> None:
     ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", {"200", "401", "404", "409", "422", "429",
                                                       "503"}),
     ("GET", "/v1/models", {"200", "401", "429", "503"}),
-    ("POST", "/v1/admin/keys", {"201", "401", "403", "413", "422", "429", "503"}),
+    ("POST", "/v1/admin/keys", {"201", "400", "401", "403", "413", "422", "429", "503"}),
     ("GET", "/healthz", {"200"}),
     ("GET", "/readyz", {"200", "503"}),
 ])
@@ -107,3 +107,11 @@ def test_405_and_options_list_every_method(client: TestClient, method: str, path
     response = client.request(method, path)
     assert_error(response, 405, "method_not_allowed")
     assert response.headers["allow"] == allow
+
+
+@pytest.mark.parametrize("path", ["/v1/files/file-a%00b", "/v1/files?after=file-a%00b",
+                                  "/v1/fine_tuning/jobs/ftjob-%00/events",
+                                  "/v1/registry/na%00me"])
+def test_an_id_with_a_nul_is_refused_before_any_lookup(client: TestClient, path: str) -> None:
+    # PostgreSQL text cannot hold NUL: the spec says so, and every database answers alike.
+    assert_error(client.get(path), 422, "invalid_request")
