@@ -1,66 +1,62 @@
-"""Generated requests from /openapi.json: never a server error; without a key, only 401s."""
+"""schemathesis with all of its checks, over HTTP, against a served instance with real ids.
 
-import contextlib
-from collections.abc import Iterator
+Every phase, the stateful one following the spec's links, two workers, a bounded time per
+deployment: the embedded default, and PostgreSQL + Redis. Not one failure (a 5xx, an
+undeclared status, a body off its schema, a schema-valid request refused or a
+schema-violating one accepted, a wrong Allow, ...), and the service is healthy afterwards.
+`bench/fuzz.py` runs the same for 30 minutes.
+"""
 
+import os
+import re
+from pathlib import Path
+
+import httpx
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
 
-from tests.security.service import Service, running_service
+from tests.live import live_service
+from tests.security.fuzz import Pass, fuzz, seed, service_env, tiny_models
 
-OPEN_ROUTES = {"/healthz", "/readyz"}
-EXAMPLES = settings(max_examples=20, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# About two minutes per deployment, service start and training included.
+MAIN_S = int(os.environ.get("TUNEFORGE_TEST_FUZZ_SECONDS", "70"))
+DELETE_S = 15
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with running_service(tmp_path_factory.mktemp("fuzz")) as service:
-        # Some real objects, so generated requests also reach code past the 404s.
-        file_id = service.upload(service.admin_key)
-        service.train(service.admin_key, file_id, suffix="fuzzed")
-        yield service
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models(tmp_path_factory.mktemp("fuzz-models"))
 
 
-def operations(service: Service) -> list:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", service.client.app)
-    return [result.ok() for result in schema.get_all_operations()]
+def figures(deployment: str, passes: list[Pass]) -> str:
+    lines = []
+    for run in passes:
+        seed_line = re.search(r"Seed: (\d+)", run.output)
+        lines.append(f"fuzz {deployment} {run.name}: {run.cases} cases in {run.seconds:.0f}s, "
+                     f"{run.failures} failures, statuses {run.summary.get('statuses')}, "
+                     f"seed {seed_line.group(1) if seed_line else '?'}")
+    return "\n".join(lines)
 
 
-def statuses_for(operation, mode: GenerationMode, headers: dict[str, str]) -> list[int]:
-    seen: list[int] = []
-
-    @EXAMPLES
-    @given(operation.as_strategy(generation_mode=mode))
-    def call(case) -> None:  # noqa: ANN001
-        seen.append(case.call(headers=headers).status_code)
-
-    # Unsatisfiable: nothing to make invalid (an operation without parameters or body).
-    with contextlib.suppress(Unsatisfiable):
-        call()
-    return seen
-
-
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_no_generated_request_gets_a_server_error(live: Service, mode: GenerationMode) -> None:
-    failures = {}
-    for operation in operations(live):
-        statuses = statuses_for(operation, mode, live.headers())
-        errors = [s for s in statuses if s >= 500]
-        if errors:
-            failures[f"{operation.method.upper()} {operation.path}"] = errors
-    assert not failures
-
-
-def test_without_a_key_everything_but_health_is_401(live: Service) -> None:
-    unexpected = {}
-    for operation in operations(live):
-        if operation.path in OPEN_ROUTES:
-            continue
-        statuses = statuses_for(operation, GenerationMode.POSITIVE, {})
-        if set(statuses) - {401}:
-            unexpected[f"{operation.method.upper()} {operation.path}"] = sorted(set(statuses))
-    assert not unexpected
+@pytest.mark.parametrize("deployment", ["embedded", pytest.param("postgres",
+                                                                 marks=pytest.mark.postgres)])
+def test_the_fuzzer_finds_nothing(deployment: str, tmp_path: Path, models_dir: Path,
+                                  request: pytest.FixtureRequest) -> None:
+    env = service_env(models_dir)
+    if deployment == "postgres":
+        env["TUNEFORGE_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        env["TUNEFORGE_BROKER_URL"] = request.getfixturevalue("redis_url")
+    with live_service(tmp_path / "service", env_overrides=env) as service:
+        ids = seed(service)
+        passes = fuzz(service, ids, tmp_path / "fuzz", MAIN_S, DELETE_S)
+        health = httpx.get(f"{service.base_url}/healthz", timeout=10)
+        service.check_alive()
+    print(figures(deployment, passes))
+    for run in passes:
+        assert run.exit_code == 0, f"schemathesis {run.name} pass:\n{run.tail()}"
+        assert run.failures == 0, run.summary
+    main, delete = passes
+    # It reached past the 404s: the real ids were served, and the DELETE pass deleted them.
+    assert main.cases >= 300 and main.summary["statuses"].get("200", 0) > 0, main.summary
+    assert delete.summary["statuses"].get("200", 0) > 0, delete.summary
+    assert health.status_code == 200
