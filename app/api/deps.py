@@ -86,7 +86,8 @@ def get_model_cache(request: Request) -> ModelCache:
     return cache
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
+    # Async: a plain function would cost the predict path a hop to the thread pool.
     predictor: Predictor = request.app.state.predictor
     return predictor
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 from transformers import AutoTokenizer
 
+from app.api.deps import cancel_on_disconnect
 from app.errors import InvalidRequest
 from app.ml.inference import LoadedModel, load_model
 from app.ml.serving import BatchLimits, BatchRunner, RunnerClosed, _Request, _Row, forward_chunks
@@ -214,6 +216,34 @@ def test_cancelling_the_awaiting_task_cancels_the_request(models: dict[str, Load
 
     assert len(asyncio.run(scenario())) == 1
     assert all("abandoned" not in seen for seen in gate.seen)
+
+
+def test_a_client_that_disconnects_costs_no_rows(models: dict[str, LoadedModel],
+                                                 runners: list[BatchRunner]) -> None:
+    loaded = models["classifier"]
+    runner, gate = gated_runner(runners, loaded)
+
+    async def scenario() -> Any:
+        gone = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        request = Request({"type": "http", "method": "POST", "path": "/", "headers": []},
+                          receive)
+        answer = asyncio.ensure_future(
+            cancel_on_disconnect(request, runner.predict(["hung up"], {})))
+        await asyncio.sleep(0.05)
+        gone.set()
+        outcome = await answer
+        await asyncio.sleep(0.05)  # the cancellation reaches the runner's future
+        gate.release.set()
+        await asyncio.wrap_future(runner.submit(["after"], {}))
+        return outcome
+
+    assert asyncio.run(scenario()) is None
+    assert all("hung up" not in seen for seen in gate.seen)
 
 
 def test_a_closed_runner_serves_its_queue_then_refuses(models: dict[str, LoadedModel],
