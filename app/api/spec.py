@@ -69,6 +69,7 @@ def publish_spec(app: FastAPI, settings: Settings) -> None:
         schema = generate()  # FastAPI's, cached until the routes change
         if not published or published[0] is not schema:
             declare_errors(schema)
+            declare_file_parts(schema)
             declare_predict_limits(schema, settings)
             published[:] = [schema]
         return schema
@@ -117,6 +118,21 @@ def _error_response(status: int) -> dict[str, Any]:
     if status in HEADERS:
         response["headers"] = HEADERS[status]
     return response
+
+
+def declare_file_parts(schema: dict[str, Any]) -> None:
+    """File parts of multipart bodies as `format: binary` too, beside OpenAPI 3.1's
+    `contentMediaType`: the spelling client generators read as a file (openapi-python-client
+    would otherwise send the file as a plain text part, without a filename)."""
+    components = schema["components"]["schemas"]
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            ref = content.get("multipart/form-data", {}).get("schema", {}).get("$ref", "")
+            form = components.get(ref.rsplit("/", 1)[-1], {})
+            for part in form.get("properties", {}).values():
+                if part.get("type") == "string" and "contentMediaType" in part:
+                    part["format"] = "binary"
 
 
 def declare_predict_limits(schema: dict[str, Any], settings: Settings) -> None:
