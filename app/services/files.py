@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +49,23 @@ def _spool(stream: BinaryIO, target: Path, limit: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def parse_dataset(path: Path, filename: str, settings: Settings) -> ParsedDataset:
+@dataclass(frozen=True)
+class DatasetLimits:
+    max_line_bytes: int
+    max_rows: int
+    min_rows: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> "DatasetLimits":
+        return cls(settings.max_line_bytes, settings.max_rows, settings.min_rows)
+
+
+# A file is held to the limits in force when it was uploaded, once: lowering a limit later
+# must not fail a job whose file was already accepted.
+ACCEPTED = DatasetLimits(max_line_bytes=sys.maxsize, max_rows=sys.maxsize, min_rows=0)
+
+
+def parse_dataset(path: Path, filename: str, limits: DatasetLimits) -> ParsedDataset:
     with path.open("rb") as handle:
         fmt = detect_format(filename, handle.read(8))
     rows: list[Row] = []
@@ -63,10 +80,10 @@ def parse_dataset(path: Path, filename: str, settings: Settings) -> ParsedDatase
     # Plain-text rows fit every task's text field: until a row shows the file's task, they
     # wait, so a classification file whose first rows lack a label is told so, by line.
     waiting: list[tuple[int, Row]] = []
-    for line, raw in read_rows(path, fmt, settings.max_line_bytes):
+    for line, raw in read_rows(path, fmt, limits.max_line_bytes):
         fields.update(dict.fromkeys(raw))
-        if len(rows) + len(waiting) >= settings.max_rows:
-            raise DatasetInvalid(f"the file has more than {settings.max_rows} rows", line=line)
+        if len(rows) + len(waiting) >= limits.max_rows:
+            raise DatasetInvalid(f"the file has more than {limits.max_rows} rows", line=line)
         if adapter is None and is_plain_text(raw):
             waiting.append((line, raw))
             continue
@@ -81,8 +98,8 @@ def parse_dataset(path: Path, filename: str, settings: Settings) -> ParsedDatase
             keep(adapter, *earlier)
     if adapter is None:
         raise DatasetInvalid("the file has no rows", code="dataset_empty")
-    if len(rows) < settings.min_rows:
-        raise DatasetInvalid(f"the file has {len(rows)} rows; at least {settings.min_rows} are "
+    if len(rows) < limits.min_rows:
+        raise DatasetInvalid(f"the file has {len(rows)} rows; at least {limits.min_rows} are "
                              "needed", code="dataset_too_small")
     adapter.validate_dataset(rows, lines)
     return ParsedDataset(fmt, adapter.name, rows, lines, list(fields))
@@ -99,7 +116,7 @@ def create_file(session: Session, settings: Settings, store: ArtifactStore, proj
         spool = Path(tmp.name)
     try:
         size, sha256 = _spool(stream, spool, settings.max_upload_bytes)
-        parsed = parse_dataset(spool, display_name, settings)
+        parsed = parse_dataset(spool, display_name, DatasetLimits.of(settings))
         key = store.new_key("files")
         store.put_file(spool, key)
     finally:
@@ -143,6 +160,6 @@ def delete_file(session: Session, store: ArtifactStore, project_id: str, file_id
     store.delete(record.storage_key)
 
 
-def load_rows(store: ArtifactStore, settings: Settings, record: DatasetFile) -> list[Row]:
+def load_rows(store: ArtifactStore, record: DatasetFile) -> list[Row]:
     """Rows in canonical form, for training; the file was fully validated at upload."""
-    return parse_dataset(store.local_path(record.storage_key), record.filename, settings).rows
+    return parse_dataset(store.local_path(record.storage_key), record.filename, ACCEPTED).rows

@@ -137,9 +137,9 @@ def _warn_about_overlap(session: Session, job_id: str, train_rows: list[Row],
 def _prepare(session: Session, settings: Settings, store: ArtifactStore,
              job: FineTuningJob) -> _Prepared:
     task = get_task(job.task)
-    train_rows = load_rows(store, settings, session.get_one(DatasetFile, job.training_file))
+    train_rows = load_rows(store, session.get_one(DatasetFile, job.training_file))
     if job.validation_file:
-        eval_rows = load_rows(store, settings, session.get_one(DatasetFile, job.validation_file))
+        eval_rows = load_rows(store, session.get_one(DatasetFile, job.validation_file))
         _warn_about_overlap(session, job.id, train_rows, eval_rows)
     else:
         fraction = min(HELD_OUT_FRACTION, MAX_HELD_OUT_ROWS / len(train_rows))

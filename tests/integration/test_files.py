@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.errors import DatasetInvalid
+from app.services.files import ACCEPTED, DatasetLimits, parse_dataset
 from tests.integration.helpers import (
     assert_error,
     csv_bytes,
@@ -233,3 +235,12 @@ def test_list_files_pages_newest_first(client: TestClient) -> None:
     rest = client.get("/v1/files", params={"limit": 10, "after": first["last_id"]}).json()
     assert [f["id"] for f in rest["data"]] == ids[::-1][2:] and not rest["has_more"]
     assert client.get("/v1/files", params={"limit": 0}).status_code == 422
+
+
+def test_a_limit_lowered_after_upload_does_not_refuse_the_accepted_file(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(jsonl_bytes(sentiment_rows(30)))
+    lowered = DatasetLimits(max_line_bytes=10, max_rows=20, min_rows=50)
+    with pytest.raises(DatasetInvalid):
+        parse_dataset(path, "rows.jsonl", lowered)
+    assert len(parse_dataset(path, "rows.jsonl", ACCEPTED).rows) == 30
