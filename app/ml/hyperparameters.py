@@ -39,7 +39,6 @@ class DataProfile:
     """What the automatic choices look at: the training rows and the base model."""
 
     n_rows: int
-    n_labels: int = 2
     # The base model's parameter count; None where it cannot be read without loading it.
     parameters: int | None = None
 

@@ -154,7 +154,7 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
                                  settings.allow_network).source)
     labels = task.labels(train_rows)
     hyperparameters = resolve(job.hyperparameters, DataProfile(
-        n_rows=len(train_rows), n_labels=len(labels), parameters=parameter_count(source)))
+        n_rows=len(train_rows), parameters=parameter_count(source)))
     for reason in hyperparameters.reasons:
         record_event(session, job.id, f"auto: {reason}.")
     plan = TrainingPlan(task=task, base_model=source, train_rows=train_rows,

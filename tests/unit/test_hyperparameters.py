@@ -17,7 +17,7 @@ BERT_BASE = 109_482_240
 
 
 def _auto(n_rows: int, parameters: int | None = MINILM, **raw: object) -> Hyperparameters:
-    return resolve(dict(raw), DataProfile(n_rows=n_rows, n_labels=2, parameters=parameters))
+    return resolve(dict(raw), DataProfile(n_rows=n_rows, parameters=parameters))
 
 
 @pytest.mark.parametrize("n_rows,batch,epochs", [
