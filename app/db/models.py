@@ -117,6 +117,29 @@ class JobCheckpoint(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class SearchTrial(Base):
+    """One trial of a hyperparameter-search job: a child run with its own settings, checkpoints
+    and metrics. A finished trial is never trained again, whatever happens to the worker."""
+
+    __tablename__ = "search_trials"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    # running (or interrupted, until a later attempt resumes it), succeeded or failed
+    status: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column()
+    hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The trial's best checkpoint, in the artifact store.
+    best_step: Mapped[int | None] = mapped_column(Integer)
+    storage_key: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
 class RegisteredModel(Base):
     __tablename__ = "registered_models"
     __table_args__ = (UniqueConstraint("project_id", "name"),)

@@ -1,12 +1,39 @@
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from app.db.models import FineTuningJob, JobCheckpoint, JobEvent
 from app.schemas.common import NO_NUL, StrictModel
 
 Auto = Literal["auto"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+# Two ends of a range, as a JSON array of two numbers (in either order).
+Pair = Field(min_length=2, max_length=2)
+PositiveRange = Annotated[list[Annotated[float, Field(gt=0, le=1)]], Pair]
+RatioRange = Annotated[list[Annotated[float, Field(ge=0, le=0.5)]], Pair]
+DecayRange = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Pair]
+EpochRange = Annotated[list[Annotated[int, Field(ge=1, le=50)]], Pair]
+
+
+class SearchSpaceIn(StrictModel):
+    """What a search varies. Ranges are [a, b] in either order, ends included; the learning
+    rate is searched on a log scale, batch_size among the sizes listed."""
+
+    learning_rate: PositiveRange | None = None
+    n_epochs: EpochRange | None = None
+    batch_size: Annotated[list[Annotated[int, Field(ge=1, le=1024)]],
+                          Field(min_length=1, max_length=8)] | None = None
+    warmup_ratio: RatioRange | None = None
+    weight_decay: DecayRange | None = None
+
+
+class SearchIn(StrictModel):
+    """Hyperparameter search: `trials` runs with settings Optuna proposes; the best becomes
+    the version. Without `space`, the learning rate, epochs and batch size are searched."""
+
+    trials: Annotated[int, Field(ge=1, le=50)]
+    space: SearchSpaceIn | None = None
 
 
 class HyperparametersIn(StrictModel):
@@ -20,6 +47,17 @@ class HyperparametersIn(StrictModel):
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=64)] | None = None
     eval_steps: Annotated[int, Field(ge=1)] | None = None
     early_stopping_patience: Annotated[int, Field(ge=0, le=100)] | None = None
+    search: SearchIn | None = None
+
+    @model_validator(mode="after")
+    def _searched_or_fixed(self) -> "HyperparametersIn":
+        # A value both fixed and searched has no single meaning: say so rather than pick one.
+        space = self.search.space if self.search else None
+        for name in SearchSpaceIn.model_fields:
+            if space is not None and getattr(space, name) is not None and \
+                    getattr(self, name) not in (None, "auto"):
+                raise ValueError(f"{name} is both fixed and in search.space; give one")
+        return self
 
 
 FileRef = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
