@@ -9,6 +9,7 @@ from typing import Any
 
 from app.errors import DatasetInvalid, UnsupportedMediaType
 
+# One dataset row as read from a file: the task adapters validate and reshape it.
 Row = dict[str, Any]
 
 # Magic numbers of archives and binary formats we refuse outright (gzip, zip, parquet, pickle).

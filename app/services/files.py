@@ -18,7 +18,7 @@ from app.errors import Conflict, DatasetInvalid, InvalidRequest, NotFound, Paylo
 from app.ids import new_id, now
 from app.ml.datasets import detect_format, read_rows
 from app.ml.tasks.base import Row, TaskAdapter
-from app.ml.tasks.registry import PLAIN_TEXT_TASK, detect_task, get_task, is_plain_text
+from app.ml.tasks.catalog import PLAIN_TEXT_TASK, detect_task, get_task, is_plain_text
 from app.services.pages import newest_first
 from app.storage.artifacts import ArtifactStore
 

@@ -23,7 +23,7 @@ from app.errors import (
 )
 from app.ids import new_id, now
 from app.ml.base_models import resolve_base_model
-from app.ml.tasks.registry import get_task
+from app.ml.tasks.catalog import get_task
 from app.services import registry
 from app.services.files import get_file
 from app.services.pages import newest_first

@@ -14,7 +14,7 @@ from app.db.session import session_factory
 from app.errors import InvalidRequest, PayloadTooLarge
 from app.ml.inference import LoadedModel, ModelCache
 from app.ml.serving import BatchLimits, RunnerClosed
-from app.ml.tasks.registry import get_task
+from app.ml.tasks.catalog import get_task
 from app.services import ratelimit
 from app.services.expiring import ExpiringCache
 from app.services.keys import Principal

@@ -19,7 +19,7 @@ from app.ml.base_models import parameter_count, resolve_base_model
 from app.ml.hyperparameters import DataProfile, resolve
 from app.ml.precision import use_bf16
 from app.ml.tasks.base import Row
-from app.ml.tasks.registry import get_task
+from app.ml.tasks.catalog import get_task
 from app.ml.training import (
     TrainingPlan,
     TrainingResult,

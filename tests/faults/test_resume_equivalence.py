@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from app.ml.checkpoints import MANIFEST, latest_complete_checkpoint
 from app.ml.hyperparameters import resolve
-from app.ml.tasks.registry import get_task
+from app.ml.tasks.catalog import get_task
 from app.ml.training import TrainingPlan, fine_tune
 from tests.unit.tiny_model import build_tiny_bert, sentiment_rows
 

@@ -9,8 +9,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.errors import DatasetInvalid, InvalidRequest
+from app.ml.tasks.catalog import detect_task, get_task
 from app.ml.tasks.classification import PREDICT_BATCH, TextClassification, macro_f1
-from app.ml.tasks.registry import detect_task, get_task
 
 # --- validate_row -----------------------------------------------------------------------
 

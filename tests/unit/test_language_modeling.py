@@ -20,9 +20,9 @@ from transformers import (
 from app.errors import DatasetInvalid, InvalidRequest
 from app.ml.hyperparameters import resolve
 from app.ml.inference import load_model
+from app.ml.tasks.catalog import detect_task, get_task
 from app.ml.tasks.classification import TextClassification
 from app.ml.tasks.language_modeling import CausalLanguageModeling, MaskedLanguageModeling
-from app.ml.tasks.registry import detect_task, get_task
 from app.ml.training import TrainingPlan, TrainingResult, fine_tune
 from tests.unit.test_training import RecordingObserver
 from tests.unit.tiny_model import (

@@ -17,7 +17,7 @@ from transformers import (
 
 from app.errors import DatasetInvalid
 from app.ml.hyperparameters import resolve
-from app.ml.tasks.registry import detect_task, get_task
+from app.ml.tasks.catalog import detect_task, get_task
 from app.ml.tasks.token_classification import (
     IGNORED,
     TokenClassification,

@@ -8,7 +8,8 @@ from typing import Any
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
-Row = dict[str, Any]
+from app.ml.datasets import Row
+
 Features = dict[str, Any]
 # Feature key naming the dataset row a feature came from, where one row makes several
 # features (windows of a long sentence). Not a model input: Trainer drops it before collating.

@@ -1,4 +1,4 @@
-"""Which task adapters exist, and which one a dataset's rows call for."""
+"""The task catalog: which task adapters exist, and which one a dataset's rows call for."""
 
 from app.errors import DatasetInvalid, InvalidRequest
 from app.ml.tasks.base import Row, TaskAdapter
