@@ -56,7 +56,21 @@ class ModelNotReady(Conflict):
 
 
 class JobNotCancellable(Conflict):
+    """The job has already ended."""
+
     code = "job_not_cancellable"
+
+
+class JobNotPausable(Conflict):
+    """Only a queued or running job can be paused."""
+
+    code = "job_not_pausable"
+
+
+class JobNotPaused(Conflict):
+    """Only a paused job can be resumed."""
+
+    code = "job_not_paused"
 
 
 class IdempotencyMismatch(TuneforgeError):

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.db.session import session_factory
+from app.db.session import session_factory, session_scope
 from app.errors import Forbidden
 from app.ml.inference import ModelCache
 from app.services import keys, ratelimit
@@ -25,12 +25,15 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `tuneforge keys 
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    # The service layer commits; anything left uncommitted (an error) is rolled back here.
-    with session_factory(settings)() as session:
+    """The request's unit of work: committed once the route has returned, rolled back if
+    it raised. Services only add and flush (app/db/session.py)."""
+    with session_scope(settings) as session:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit happens before the response is sent, so a client never
+# hears of a write that did not land.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 async def get_caller(request: Request,

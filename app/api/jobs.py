@@ -5,6 +5,7 @@ from fastapi import APIRouter, Header, Query, Response
 from app.api.deps import ProjectDep, SendDep, SessionDep, SettingsDep
 from app.api.params import After, ResourceId
 from app.api.spec import errors, links
+from app.domain.lifecycle import JobStatus
 from app.schemas.common import NOT_BLANK, ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.services import jobs, outbox
@@ -16,8 +17,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 IdempotencyKey = Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=200, pattern=NOT_BLANK,
                         description="Makes a retried create return the job the first request "
                                     "made (200) instead of a second job.")
-JobStatus = Annotated[str | None, Query(pattern="^(validating_files|queued|running|succeeded|"
-                                                 "failed|cancelled|paused)$")]
+StatusFilter = Annotated[str | None, Query(pattern=f"^({'|'.join(JobStatus)})$")]
 
 
 # Links: the new job's id is what every /{job_id} operation takes.
@@ -34,10 +34,9 @@ def create_job(body: JobCreate, response: Response, session: SessionDep, setting
                send: SendDep, project_id: ProjectDep,
                idempotency_key: Annotated[str | None, IdempotencyKey] = None
                ) -> JobPublic:
-    job, created = jobs.create_job(session, settings, project_id,
-                                   body.model_dump(exclude_none=True), idempotency_key)
+    job, created = jobs.create_job(session, settings, project_id, body, idempotency_key)
     if created:
-        outbox.dispatch(session, job.id, send)
+        outbox.dispatch(session, settings, job.id, send)
     else:
         response.status_code = 200
     return JobPublic.of(job)
@@ -46,7 +45,7 @@ def create_job(body: JobCreate, response: Response, session: SessionDep, setting
 # 404: an `after` that names no job.
 @router.get("", response_model=ListPage[JobPublic], responses=errors(404))
 def list_jobs(session: SessionDep, project_id: ProjectDep, after: After = None,
-              limit: Limit = 20, status: JobStatus = None) -> ListPage[JobPublic]:
+              limit: Limit = 20, status: StatusFilter = None) -> ListPage[JobPublic]:
     rows, has_more = jobs.list_jobs(session, project_id, after, limit, status)
     return ListPage.of([JobPublic.of(j) for j in rows], has_more)
 
@@ -70,7 +69,7 @@ def pause_job(job_id: ResourceId, session: SessionDep, project_id: ProjectDep) -
 def resume_job(job_id: ResourceId, session: SessionDep, settings: SettingsDep, send: SendDep,
                project_id: ProjectDep) -> JobPublic:
     job = jobs.resume_job(session, settings, project_id, job_id)
-    outbox.dispatch(session, job.id, send)
+    outbox.dispatch(session, settings, job.id, send)
     return JobPublic.of(job)
 
 

@@ -1,4 +1,11 @@
-"""Engine and sessions. One engine per process, built from the settings."""
+"""Engine and sessions. One engine per process, built from the settings.
+
+Who commits: the unit of work, never the code inside it. A request's session (the
+`SessionDep` dependency) and `session_scope` commit once at the end if nothing failed,
+and roll back otherwise; services add and flush. What must happen only once the data is
+stored (a job id sent to the broker, a deleted version's files removed) is registered
+with `after_commit`.
+"""
 
 import logging
 import time
@@ -62,6 +69,27 @@ def retry_on_outage(settings: Settings, work: Callable[[Session], T], *,
             log.warning("database unavailable while %s; retrying in %.1fs", what, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` once this session's transaction has committed; never if it rolls back."""
+    if _LISTENING not in session.info:
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_rollback", _drop_after_commit)
+        session.info[_LISTENING] = True
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+_LISTENING, _AFTER_COMMIT = "tuneforge.listening", "tuneforge.after_commit"
+
+
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(_AFTER_COMMIT, []):
+        action()
+
+
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 @contextmanager

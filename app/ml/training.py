@@ -28,6 +28,7 @@ from transformers import (
     set_seed,
 )
 
+from app.domain.lifecycle import StopReason
 from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters
@@ -51,8 +52,8 @@ class TrainingObserver(Protocol):
     def on_checkpoint(self, step: int, epoch: float, metrics: dict[str, float],
                       directory: Path) -> None: ...
 
-    def stop_requested(self) -> str | None:
-        """'cancel' or 'pause' when the job should stop, else None."""
+    def stop_requested(self) -> StopReason | None:
+        """Why the run should stop now, or None to go on."""
         ...
 
 
@@ -72,7 +73,7 @@ class TrainingPlan:
 
 @dataclass
 class TrainingResult:
-    stopped: str | None
+    stopped: StopReason | None
     best_checkpoint: Path | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
     train_runtime_s: float = 0.0
@@ -115,7 +116,7 @@ class _ServiceCallback(TrainerCallback):
         self.observer = observer
         self.samples_per_step = samples_per_step
         self.task = task
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.eval_by_step: dict[int, dict[str, float]] = {}
         self._started = time.monotonic()
         self.start_step = 0
@@ -129,10 +130,10 @@ class _ServiceCallback(TrainerCallback):
                     control: TrainerControl, **kwargs: Any) -> None:
         reason = self.observer.stop_requested()
         if reason:
-            self.stop_reason = reason
+            self.stop_reason = StopReason(reason)
             control.should_training_stop = True
             # Pausing or handing the job back keeps the work done so far: checkpoint first.
-            control.should_save = reason in ("pause", "requeue")
+            control.should_save = self.stop_reason.keeps_progress
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kwargs: Any) -> None:

@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob
+from app.db.session import after_commit
 from app.errors import Conflict, DatasetInvalid, InvalidRequest, NotFound, PayloadTooLarge
 from app.ids import new_id, now
 from app.ml.datasets import detect_format, read_rows
 from app.ml.tasks.base import Row, TaskAdapter
 from app.ml.tasks.catalog import PLAIN_TEXT_TASK, detect_task, get_task, is_plain_text
-from app.services.pages import newest_first
+from app.services.pages import by_creation, newest_first
 from app.storage.artifacts import ArtifactStore
 
 CHUNK = 1024 * 1024
@@ -128,7 +129,7 @@ def create_file(session: Session, settings: Settings, store: ArtifactStore, proj
         sha256=sha256, storage_key=key, created_at=now(),
     )
     session.add(record)
-    session.commit()
+    session.flush()
     return record
 
 
@@ -145,7 +146,7 @@ def list_files(session: Session, project_id: str, after: str | None,
     """Newest first, `limit` at a time; `after` is the last id of the previous page."""
     query = select(DatasetFile).where(DatasetFile.project_id == project_id)
     cursor = get_file(session, project_id, after) if after else None
-    return newest_first(session, query, DatasetFile, cursor, limit)
+    return newest_first(session, query, by_creation(DatasetFile), cursor, limit)
 
 
 def delete_file(session: Session, store: ArtifactStore, project_id: str, file_id: str) -> None:
@@ -156,8 +157,9 @@ def delete_file(session: Session, store: ArtifactStore, project_id: str, file_id
         raise Conflict(f"File '{file_id}' is used by job '{user}'; its lineage needs it.",
                        param="file_id", code="file_in_use")
     session.delete(record)
-    session.commit()
-    store.delete(record.storage_key)
+    session.flush()
+    # Files go once the row is gone for good: a failed commit leaves both in place.
+    after_commit(session, lambda: store.delete(record.storage_key))
 
 
 def load_rows(store: ArtifactStore, record: DatasetFile) -> list[Row]:

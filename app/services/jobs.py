@@ -1,4 +1,4 @@
-"""Fine-tuning jobs: creation, lookup, cancellation, events, and the worker's lease."""
+"""Fine-tuning jobs: creation, lookup, the user's cancel, pause and resume, and their history."""
 
 import hashlib
 import json
@@ -11,37 +11,38 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import FineTuningJob, JobCheckpoint, JobEvent
+from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint, JobEvent
+from app.domain.lifecycle import ACTIVE, TERMINAL, JobStatus, record_event, transition
 from app.errors import (
     Conflict,
     IdempotencyMismatch,
     InvalidHeader,
     InvalidRequest,
     JobNotCancellable,
+    JobNotPausable,
+    JobNotPaused,
     NotFound,
     RateLimited,
 )
 from app.ids import new_id, now
 from app.ml.base_models import resolve_base_model
 from app.ml.tasks.catalog import get_task
+from app.schemas.jobs import JobCreate
 from app.services import registry
 from app.services.files import get_file
-from app.services.pages import newest_first
+from app.services.pages import by_creation, newest_first
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-Dispatch = Callable[[str], None]
+# The seed of a job that names none: fixed, so that two such jobs on the same rows train
+# the same model.
+DEFAULT_SEED = 42
+# How often a user's verb is re-decided when a worker moved the job at the same moment.
+VERB_TRIES = 3
 
 
-def _request_hash(body: dict[str, Any]) -> str:
+def _request_hash(request: JobCreate) -> str:
+    body = request.model_dump(exclude_none=True)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def record_event(session: Session, job_id: str, message: str, *, level: str = "info",
-                 type: str = "message", data: dict[str, Any] | None = None) -> None:
-    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level,
-                         type=type, message=message, data=data))
 
 
 def _check_base_model(session: Session, settings: Settings, project_id: str, model: str) -> None:
@@ -58,48 +59,73 @@ def _check_capacity(session: Session, settings: Settings, project_id: str) -> No
                           f"{settings.max_active_jobs_per_project}).", retry_after=60)
 
 
-def create_job(session: Session, settings: Settings, project_id: str, body: dict[str, Any],
+def create_job(session: Session, settings: Settings, project_id: str, request: JobCreate,
                idempotency_key: str | None) -> tuple[FineTuningJob, bool]:
     """Create a queued job, or return the one this idempotency key made. True if new."""
     _check_idempotency_key(idempotency_key)
-    digest = _request_hash(body)
+    digest = _request_hash(request)
     existing = _replay(session, project_id, idempotency_key, digest)
     if existing is not None:
         return existing, False
     _check_capacity(session, settings, project_id)
-    training = get_file(session, project_id, body["training_file"])
-    validation = (get_file(session, project_id, body["validation_file"])
-                  if body.get("validation_file") else None)
+    training, validation = _job_files(session, project_id, request)
+    task = _job_task(request, training, validation)
+    _check_base_model(session, settings, project_id, request.model)
+    job = _new_job(project_id, request, task, training, validation)
+    job.idempotency_key, job.request_hash = idempotency_key, digest
+    return _insert(session, job)
+
+
+def _job_files(session: Session, project_id: str,
+               request: JobCreate) -> tuple[DatasetFile, DatasetFile | None]:
+    training = get_file(session, project_id, request.training_file)
+    validation = (get_file(session, project_id, request.validation_file)
+                  if request.validation_file else None)
     if validation is not None and validation.sha256 == training.sha256:
         raise InvalidRequest("validation_file has the same contents as training_file; "
                              "evaluating on training rows would overstate every metric.",
                              param="validation_file", code="validation_overlaps_training")
-    task = body.get("task") or training.detected_task
+    return training, validation
+
+
+def _job_task(request: JobCreate, training: DatasetFile, validation: DatasetFile | None) -> str:
+    """The task the job names, else the one its training rows call for; both files fit it."""
+    task = request.task or training.detected_task
     adapter = get_task(task)
     for role, record in (("training_file", training), ("validation_file", validation)):
         if record is not None and not adapter.accepts_rows_of(record.detected_task):
             raise InvalidRequest(f"{role} holds {record.detected_task} rows, not {task}.",
                                  param=role, code="task_mismatch")
-    _check_base_model(session, settings, project_id, body["model"])
-    job = FineTuningJob(
-        id=new_id("ftjob"), project_id=project_id, model=body["model"], task=task,
+    return task
+
+
+def _new_job(project_id: str, request: JobCreate, task: str, training: DatasetFile,
+             validation: DatasetFile | None) -> FineTuningJob:
+    hyperparameters = (request.hyperparameters.model_dump(exclude_none=True)
+                       if request.hyperparameters else {})
+    return FineTuningJob(
+        id=new_id("ftjob"), project_id=project_id, model=request.model, task=task,
         training_file=training.id, validation_file=validation.id if validation else None,
-        hyperparameters=body.get("hyperparameters") or {}, suffix=body.get("suffix"),
-        seed=body["seed"] if body.get("seed") is not None else 42,
-        metadata_=body.get("metadata"), status="queued", created_at=now(), attempt=0,
-        idempotency_key=idempotency_key, request_hash=digest,
-        artifact_key=f"jobs/{uuid.uuid4().hex}",
-        cancel_requested=False, pause_requested=False,
+        hyperparameters=hyperparameters, suffix=request.suffix,
+        seed=DEFAULT_SEED if request.seed is None else request.seed,
+        metadata_=request.metadata, status=JobStatus.QUEUED, created_at=now(), attempt=0,
+        artifact_key=f"jobs/{uuid.uuid4().hex}", cancel_requested=False,
+        pause_requested=False,
     )
+
+
+def _insert(session: Session, job: FineTuningJob) -> tuple[FineTuningJob, bool]:
     session.add(job)
     try:
         session.flush()
     except IntegrityError:
         # The same key raced us here; the database's unique constraint picked a winner.
+        # The failed insert spoils the transaction (PostgreSQL), and it holds nothing else.
         session.rollback()
-        if idempotency_key is None:
+        if job.idempotency_key is None:
             raise
-        winner = _replay(session, project_id, idempotency_key, digest)
+        assert job.request_hash is not None
+        winner = _replay(session, job.project_id, job.idempotency_key, job.request_hash)
         if winner is None:
             # The winner's row is not visible to us yet: it is still being written.
             raise Conflict("A request with this Idempotency-Key is still being processed; "
@@ -107,7 +133,6 @@ def create_job(session: Session, settings: Settings, project_id: str, body: dict
                            code="idempotency_key_in_use") from None
         return winner, False
     record_event(session, job.id, f"Created fine-tuning job {job.id}.")
-    session.commit()
     return job, True
 
 
@@ -147,82 +172,107 @@ def list_jobs(session: Session, project_id: str, after: str | None, limit: int,
     if status:
         query = query.where(FineTuningJob.status == status)
     cursor = get_job(session, project_id, after) if after else None
-    return newest_first(session, query, FineTuningJob, cursor, limit)
+    return newest_first(session, query, by_creation(FineTuningJob), cursor, limit)
+
+
+# A user's verb: True once it has done its part, False if a worker moved the job meanwhile.
+Verb = Callable[[Session, FineTuningJob], bool]
+
+
+def _apply(session: Session, job: FineTuningJob, verb: Verb) -> FineTuningJob:
+    """Run `verb` on the job, deciding again from its new status if a worker claimed or
+    finished it at the same moment."""
+    for _ in range(VERB_TRIES):
+        if verb(session, job):
+            return job
+        session.refresh(job)
+    raise Conflict(f"Job '{job.id}' is changing state; retry.", param="fine_tuning_job_id")
+
+
+def _cancel(session: Session, job: FineTuningJob) -> bool:
+    if job.status in TERMINAL:
+        raise JobNotCancellable(f"Job '{job.id}' is already {job.status}.",
+                                param="fine_tuning_job_id")
+    if job.status != JobStatus.RUNNING:
+        # Nobody is training it: cancel at once. A worker that picks up its message later
+        # finds it ended and skips it.
+        return transition(session, job, JobStatus.CANCELLED, message="Job cancelled.")
+    return _request_stop(session, job, cancel_requested=True,
+                         message="Cancellation requested; stopping after this step.")
+
+
+def _pause(session: Session, job: FineTuningJob) -> bool:
+    if job.status not in ACTIVE:
+        raise JobNotPausable(f"Job '{job.id}' is {job.status}; only queued or running jobs "
+                             "can be paused.", param="fine_tuning_job_id")
+    if job.status == JobStatus.QUEUED:
+        return transition(session, job, JobStatus.PAUSED,
+                          message="Job paused before it started.")
+    return _request_stop(session, job, pause_requested=True,
+                         message="Pause requested; saving a checkpoint first.")
+
+
+def _resume(session: Session, job: FineTuningJob) -> bool:
+    if job.status != JobStatus.PAUSED:
+        raise JobNotPaused(f"Job '{job.id}' is {job.status}, not paused.",
+                           param="fine_tuning_job_id")
+    return transition(session, job, JobStatus.QUEUED,
+                      message="Job resumed; it continues from its last checkpoint.")
+
+
+def _request_stop(session: Session, job: FineTuningJob, *, message: str, **flag: bool) -> bool:
+    """Ask the worker training the job to stop: it reads the flag at its next heartbeat."""
+    asked = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job.id, FineTuningJob.status == JobStatus.RUNNING)
+        .values(**flag).execution_options(synchronize_session="fetch"))
+    if asked.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    record_event(session, job.id, message)
+    return True
 
 
 def cancel_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
-    job = get_job(session, project_id, job_id)
-    if job.status in TERMINAL:
-        raise JobNotCancellable(f"Job '{job_id}' is already {job.status}.",
-                                param="fine_tuning_job_id")
-    if job.status in ("queued", "paused"):
-        # Nobody is training it: cancel at once. A worker that picks up its message later
-        # finds it terminal and skips it.
-        job.status, job.finished_at = "cancelled", now()
-        record_event(session, job.id, "Job cancelled.")
-    else:
-        job.cancel_requested = True
-        record_event(session, job.id, "Cancellation requested; stopping after this step.")
-    session.commit()
-    return job
+    return _apply(session, get_job(session, project_id, job_id), _cancel)
 
 
 def pause_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
-    job = get_job(session, project_id, job_id)
-    if job.status not in ACTIVE:
-        raise JobNotCancellable(f"Job '{job_id}' is {job.status}; only queued or running jobs "
-                                "can be paused.", param="fine_tuning_job_id",
-                                code="job_not_pausable")
-    if job.status == "queued":
-        job.status = "paused"
-        record_event(session, job.id, "Job paused before it started.")
-    else:
-        job.pause_requested = True
-        record_event(session, job.id, "Pause requested; saving a checkpoint first.")
-    session.commit()
-    return job
+    return _apply(session, get_job(session, project_id, job_id), _pause)
 
 
 def resume_job(session: Session, settings: Settings, project_id: str,
                job_id: str) -> FineTuningJob:
     job = get_job(session, project_id, job_id)
-    if job.status != "paused":
-        raise JobNotCancellable(f"Job '{job_id}' is {job.status}, not paused.",
-                                param="fine_tuning_job_id", code="job_not_paused")
-    _check_capacity(session, settings, project_id)
-    job.status, job.pause_requested, job.dispatched_at = "queued", False, None
-    record_event(session, job.id, "Job resumed; it continues from its last checkpoint.")
-    session.commit()
-    return job
+    if job.status == JobStatus.PAUSED:
+        _check_capacity(session, settings, project_id)
+    return _apply(session, job, _resume)
 
 
 def list_events(session: Session, project_id: str, job_id: str, after: str | None,
                 limit: int) -> tuple[Sequence[JobEvent], bool]:
     get_job(session, project_id, job_id)
     query = select(JobEvent).where(JobEvent.job_id == job_id)
-    if after:
-        cursor = session.scalar(select(JobEvent.seq).where(JobEvent.id == after,
-                                                           JobEvent.job_id == job_id))
-        if cursor is None:
-            raise NotFound(f"No event with id '{after}'.", param="after")
-        query = query.where(JobEvent.seq < cursor)
-    rows = session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)).all()
-    return rows[:limit], len(rows) > limit
+    cursor = _cursor(session, query, JobEvent.id, after, "event")
+    return newest_first(session, query, (JobEvent.seq,), cursor, limit)
 
 
 def list_checkpoints(session: Session, project_id: str, job_id: str, after: str | None,
                      limit: int) -> tuple[Sequence[JobCheckpoint], bool]:
     get_job(session, project_id, job_id)
     query = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
-    if after:
-        cursor = session.scalar(select(JobCheckpoint.step_number).where(
-            JobCheckpoint.id == after, JobCheckpoint.job_id == job_id))
-        if cursor is None:
-            raise NotFound(f"No checkpoint with id '{after}'.", param="after")
-        query = query.where(JobCheckpoint.step_number < cursor)
-    rows = session.scalars(query.order_by(JobCheckpoint.step_number.desc())
-                           .limit(limit + 1)).all()
-    return rows[:limit], len(rows) > limit
+    cursor = _cursor(session, query, JobCheckpoint.id, after, "checkpoint")
+    return newest_first(session, query, (JobCheckpoint.step_number,), cursor, limit)
+
+
+def _cursor(session: Session, query: Any, id_column: Any, after: str | None,
+            what: str) -> Any | None:
+    """The row `after` names, among those `query` lists."""
+    if not after:
+        return None
+    row = session.scalar(query.where(id_column == after))
+    if row is None:
+        raise NotFound(f"No {what} with id '{after}'.", param="after")
+    return row
 
 
 def mark_dispatched(session: Session, job_id: str) -> None:
@@ -238,5 +288,5 @@ def jobs_to_dispatch(session: Session, settings: Settings) -> list[str]:
                   & (FineTuningJob.created_at < moment - settings.dispatch_retry_seconds))
     long_unclaimed = FineTuningJob.dispatched_at < moment - settings.redispatch_seconds
     return list(session.scalars(select(FineTuningJob.id).where(
-        FineTuningJob.status == "queued", never_sent | long_unclaimed,
+        FineTuningJob.status == JobStatus.QUEUED, never_sent | long_unclaimed,
     ).order_by(FineTuningJob.created_at)))

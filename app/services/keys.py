@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import ApiKey
+from app.db.session import after_commit
 from app.errors import InvalidRequest, NotFound, Unauthorized
 from app.ids import new_id, now
 from app.services.expiring import ExpiringCache
@@ -50,7 +51,7 @@ def create_key(session: Session, project_name: str, admin: bool) -> tuple[ApiKey
     project = ensure_project(session, project_name)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     record = _store_key(session, project.id, key, admin)
-    session.commit()
+    session.flush()
     return record, key
 
 
@@ -110,11 +111,15 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
         raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
     if record.revoked_at is None:
         record.revoked_at = now()
-        session.commit()
-    # Revoked through this process: refused here at once (elsewhere within the TTL).
+    # Revoked through this process: refused here at once (elsewhere within the TTL). Only
+    # once stored, or a request in between could remember the key as valid again.
+    after_commit(session, lambda: _forget_everywhere(key_id))
+    return record
+
+
+def _forget_everywhere(key_id: str) -> None:
     for verified in list(_VERIFIED):
         verified.forget(key_id)
-    return record
 
 
 def bootstrap_admin_key(session: Session, settings: Settings) -> str | None:
@@ -133,16 +138,13 @@ def bootstrap_admin_key(session: Session, settings: Settings) -> str | None:
                                  f"{MIN_BOOTSTRAP_LENGTH} characters.")
         if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))) is None:
             _store_key(session, project.id, key, admin=True)
-            session.commit()
         return None
     if session.scalar(select(ApiKey.id).where(ApiKey.admin.is_(True)).limit(1)) is not None:
         return None
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     _store_key(session, project.id, key, admin=True)
-    session.commit()
-    _write_private(settings.data_dir / ADMIN_KEY_FILE, key)
-    log.info("generated the default project's admin key; it is in %s",
-             settings.data_dir / ADMIN_KEY_FILE)
+    # The file names a key that works: written once the key is stored.
+    after_commit(session, lambda: _write_private(settings.data_dir / ADMIN_KEY_FILE, key))
     return key
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from app.config import Settings
 from app.db.models import FineTuningJob
 from app.db.session import session_scope
+from app.domain.lifecycle import JobStatus, StopReason, transition
 from app.ids import now
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,19 @@ def claim_job(settings: Settings, job_id: str, worker: str) -> Claim | None:
     """
     moment = now()
     with session_scope(settings) as session:
-        result = session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued",
-                   FineTuningJob.cancel_requested.is_(False),
-                   (FineTuningJob.lease_expires_at.is_(None))
-                   | (FineTuningJob.lease_expires_at < moment))
-            .values(status="running", worker=worker, attempt=FineTuningJob.attempt + 1,
-                    lease_expires_at=moment + settings.lease_seconds)
-            .execution_options(synchronize_session=False))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        job = session.get(FineTuningJob, job_id)
+        if job is None or job.status != JobStatus.QUEUED or job.cancel_requested:
             return None
-        attempt = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id))
-    return Claim(job_id, int(attempt or 0))
+        attempt = job.attempt + 1
+        # Conditional on the job still being queued: of two workers given the same
+        # message, one claims it.
+        claimed = transition(
+            session, job, JobStatus.RUNNING, message=f"Attempt {attempt} started on {worker}.",
+            only_if=[FineTuningJob.attempt == job.attempt,
+                     FineTuningJob.lease_expires_at.is_(None)
+                     | (FineTuningJob.lease_expires_at < moment)],
+            worker=worker, attempt=attempt, lease_expires_at=moment + settings.lease_seconds)
+    return Claim(job_id, attempt) if claimed else None
 
 
 class Heartbeat:
@@ -57,7 +58,7 @@ class Heartbeat:
     def __init__(self, settings: Settings, claim: Claim):
         self.settings = settings
         self.claim = claim
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self._deadline = time.monotonic() + settings.max_job_seconds
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
@@ -76,7 +77,7 @@ class Heartbeat:
                 update(FineTuningJob)
                 .where(FineTuningJob.id == self.claim.job_id,
                        FineTuningJob.attempt == self.claim.attempt,
-                       FineTuningJob.status == "running")
+                       FineTuningJob.status == JobStatus.RUNNING)
                 .values(lease_expires_at=now() + self.settings.lease_seconds)
                 .execution_options(synchronize_session=False))
             flags = session.execute(select(FineTuningJob.cancel_requested,
@@ -84,17 +85,17 @@ class Heartbeat:
                                     .where(FineTuningJob.id == self.claim.job_id)).one()
         if renewed.rowcount != 1:  # type: ignore[attr-defined]
             # Another attempt owns the job now (fencing): stop without writing anything.
-            self.stop_reason = "lost"
+            self.stop_reason = StopReason.LOST
         elif flags.cancel_requested:
-            self.stop_reason = "cancel"
+            self.stop_reason = StopReason.CANCEL
         elif flags.pause_requested:
-            self.stop_reason = "pause"
+            self.stop_reason = StopReason.PAUSE
 
-    def stop_requested(self) -> str | None:
+    def stop_requested(self) -> StopReason | None:
         if self.stop_reason is None and WORKER_DRAINING.is_set():
-            return "requeue"
+            return StopReason.REQUEUE
         if self.stop_reason is None and time.monotonic() > self._deadline:
-            return "timeout"
+            return StopReason.TIMEOUT
         return self.stop_reason
 
     def _run(self) -> None:

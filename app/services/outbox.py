@@ -8,28 +8,40 @@ sweep puts the job back in the queue. Claims in the database make repeats harmle
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import FineTuningJob
-from app.db.session import session_scope
+from app.db.session import after_commit, session_scope
+from app.domain.lifecycle import JobFailure, JobStatus, transition
 from app.ids import now
-from app.services.jobs import jobs_to_dispatch, mark_dispatched, record_event
+from app.services.jobs import jobs_to_dispatch, mark_dispatched
 
 log = logging.getLogger(__name__)
 Send = Callable[[str], None]
 
 
-def dispatch(session: Session, job_id: str, send: Send) -> None:
+def dispatch(session: Session, settings: Settings, job_id: str, send: Send) -> None:
+    """Send the job to the broker once this session has committed it: a worker given the
+    id must find the job in the database."""
+    after_commit(session, lambda: _send(settings, job_id, send))
+
+
+def _send(settings: Settings, job_id: str, send: Send) -> None:
     try:
         send(job_id)
     except Exception:  # broker down: the sweep retries; the client still gets its job
         log.warning("could not send job %s to the broker; will retry", job_id, exc_info=True)
         return
-    mark_dispatched(session, job_id)
-    session.commit()
+    try:
+        with session_scope(settings) as session:
+            mark_dispatched(session, job_id)
+    except (OperationalError, InterfaceError):  # the sweep sends it again; claims dedupe
+        log.warning("could not mark job %s as sent", job_id, exc_info=True)
 
 
 def requeue_expired(session: Session, max_attempts: int) -> list[str]:
@@ -40,32 +52,27 @@ def requeue_expired(session: Session, max_attempts: int) -> list[str]:
     """
     moment = now()
     expired = session.scalars(select(FineTuningJob).where(
-        FineTuningJob.status == "running", FineTuningJob.lease_expires_at < moment)).all()
+        FineTuningJob.status == JobStatus.RUNNING, FineTuningJob.lease_expires_at < moment)).all()
     for job in expired:
-        lost = job.lost_attempts + 1
-        poisoned = lost >= max_attempts
-        moved = session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job.id, FineTuningJob.attempt == job.attempt,
-                   FineTuningJob.status == "running", FineTuningJob.lease_expires_at < moment)
-            .values(status="failed" if poisoned else "queued", dispatched_at=None,
-                    lost_attempts=lost, lease_expires_at=None,
-                    finished_at=moment if poisoned else None,
-                    error={"code": "worker_lost_repeatedly", "param": None,
-                           "message": f"The job's worker was lost {lost} times."}
-                    if poisoned else None)
-            .execution_options(synchronize_session=False))
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
-            continue  # its worker renewed the lease meanwhile
-        if poisoned:
-            record_event(session, job.id, f"The worker was lost {lost} times; job failed.",
-                         level="error")
-        else:
-            record_event(session, job.id, f"The worker's lease expired (lost {lost} of "
-                         f"{max_attempts}); job re-queued to resume from its last checkpoint.",
-                         level="warn")
-    session.commit()
+        # Conditional on the same attempt's lease still being expired: a worker that
+        # renewed it meanwhile keeps the job.
+        still_lost = [FineTuningJob.attempt == job.attempt,
+                      FineTuningJob.lease_expires_at < moment]
+        _give_up_lease(session, job, job.lost_attempts + 1, max_attempts, still_lost)
     return [job.id for job in expired]
+
+
+def _give_up_lease(session: Session, job: FineTuningJob, lost: int, max_attempts: int,
+                   only_if: list[Any]) -> None:
+    if lost >= max_attempts:
+        transition(session, job, JobStatus.FAILED, only_if=only_if, lost_attempts=lost,
+                   message=f"The worker was lost {lost} times; job failed.",
+                   error=JobFailure("worker_lost_repeatedly",
+                                    f"The job's worker was lost {lost} times."))
+    else:
+        transition(session, job, JobStatus.QUEUED, only_if=only_if, lost_attempts=lost,
+                   level="warn", message=f"The worker's lease expired (lost {lost} of "
+                   f"{max_attempts}); job re-queued to resume from its last checkpoint.")
 
 
 def sweep_once(settings: Settings, send: Send) -> None:
@@ -73,7 +80,7 @@ def sweep_once(settings: Settings, send: Send) -> None:
         requeue_expired(session, settings.max_attempts)
     with session_scope(settings) as session:
         for job_id in jobs_to_dispatch(session, settings):
-            dispatch(session, job_id, send)
+            dispatch(session, settings, job_id, send)
 
 
 class Sweeper:

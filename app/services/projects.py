@@ -14,5 +14,5 @@ def ensure_project(session: Session, name: str) -> Project:
     if project is None:
         project = Project(id=new_id("proj"), name=name, created_at=now())
         session.add(project)
-        session.commit()
+        session.flush()
     return project

@@ -9,6 +9,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import DatasetFile, FineTuningJob, ModelAlias, ModelVersion, RegisteredModel
+from app.db.session import after_commit
+from app.domain.lifecycle import TERMINAL
 from app.errors import Conflict, InvalidRequest, ModelNotReady, NotFound
 from app.ids import now
 from app.storage.artifacts import ArtifactStore
@@ -58,7 +60,7 @@ def resolve_version(session: Session, project_id: str, ref: str) -> ModelVersion
         return version
     training = session.scalar(select(FineTuningJob.id).where(
         FineTuningJob.project_id == project_id, FineTuningJob.suffix == ref.partition("@")[0],
-        FineTuningJob.status.in_(("queued", "running", "paused"))))
+        FineTuningJob.status.not_in(TERMINAL)))
     if training is not None:
         raise ModelNotReady(f"Model '{ref}' is still being trained by job '{training}'.",
                             param="model")
@@ -141,7 +143,7 @@ def set_alias(session: Session, project_id: str, name: str, alias: str,
         session.add(row)
     else:
         row.version_pk, row.updated_at = target.pk, now()
-    session.commit()
+    session.flush()
     return target
 
 
@@ -157,6 +159,7 @@ def delete_version(session: Session, store: ArtifactStore, project_id: str,
     for alias in session.scalars(select(ModelAlias).where(ModelAlias.version_pk == version.pk)):
         session.delete(alias)
     session.delete(version)
-    session.commit()
-    store.delete(version.storage_key)
+    session.flush()
+    # Weights go once the version is gone for good: a failed commit leaves both in place.
+    after_commit(session, lambda: store.delete(version.storage_key))
     return version

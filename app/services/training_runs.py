@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint
 from app.db.session import retry_on_outage, session_scope
+from app.domain.lifecycle import JobFailure, JobStatus, StopReason, record_event, transition
 from app.ids import new_id, now
 from app.ml.base_models import parameter_count, resolve_base_model
-from app.ml.hyperparameters import DataProfile, resolve
+from app.ml.hyperparameters import DataProfile, Hyperparameters, resolve
 from app.ml.precision import use_bf16
-from app.ml.tasks.base import Row
+from app.ml.tasks.base import Row, TaskAdapter
 from app.ml.tasks.catalog import get_task
 from app.ml.training import (
     TrainingPlan,
@@ -29,7 +30,6 @@ from app.ml.training import (
 )
 from app.services import registry
 from app.services.files import load_rows
-from app.services.jobs import record_event
 from app.services.leases import Claim, Heartbeat, claim_job
 from app.storage.artifacts import ArtifactStore, artifact_store
 
@@ -113,7 +113,7 @@ class JobObserver:
         retry_on_outage(self.settings, write, give_up_after=self.CHECKPOINT_PATIENCE_S,
                         what="registering a checkpoint")
 
-    def stop_requested(self) -> str | None:
+    def stop_requested(self) -> StopReason | None:
         return self.heartbeat.stop_requested()
 
 
@@ -134,81 +134,125 @@ def _warn_about_overlap(session: Session, job_id: str, train_rows: list[Row],
                      "appear in the training file; their metrics are optimistic.", level="warn")
 
 
-def _prepare(session: Session, settings: Settings, store: ArtifactStore,
-             job: FineTuningJob) -> _Prepared:
-    task = get_task(job.task)
+def training_rows(session: Session, store: ArtifactStore, job: FineTuningJob,
+                  task: TaskAdapter) -> tuple[list[Row], list[Row]]:
+    """The rows to train and to evaluate on: the validation file's, or held out."""
     train_rows = load_rows(store, session.get_one(DatasetFile, job.training_file))
     if job.validation_file:
         eval_rows = load_rows(store, session.get_one(DatasetFile, job.validation_file))
         _warn_about_overlap(session, job.id, train_rows, eval_rows)
-    else:
-        fraction = min(HELD_OUT_FRACTION, MAX_HELD_OUT_ROWS / len(train_rows))
-        train_rows, eval_rows = stratified_split(train_rows, fraction, job.seed,
-                                                 key=task.stratify_by)
-        how = f", stratified by {task.stratify_by}," if task.stratify_by else ""
-        record_event(session, job.id, f"No validation file: holding out {len(eval_rows)} "
-                     f"training rows{how} for evaluation.")
+        return train_rows, eval_rows
+    fraction = min(HELD_OUT_FRACTION, MAX_HELD_OUT_ROWS / len(train_rows))
+    train_rows, eval_rows = stratified_split(train_rows, fraction, job.seed,
+                                             key=task.stratify_by)
+    how = f", stratified by {task.stratify_by}," if task.stratify_by else ""
+    record_event(session, job.id, f"No validation file: holding out {len(eval_rows)} "
+                 f"training rows{how} for evaluation.")
+    return train_rows, eval_rows
+
+
+def base_model_source(session: Session, settings: Settings, store: ArtifactStore,
+                      job: FineTuningJob) -> str:
+    """Where the base model's weights are: one of the project's versions, or a base model."""
     version = registry.find_version(session, job.project_id, job.model)
-    source = (str(store.local_path(version.storage_key)) if version else
-              resolve_base_model(job.model, settings.resolved_models_dir,
-                                 settings.allow_network).source)
-    labels = task.labels(train_rows)
+    if version is not None:
+        return str(store.local_path(version.storage_key))
+    return resolve_base_model(job.model, settings.resolved_models_dir,
+                              settings.allow_network).source
+
+
+def chosen_hyperparameters(session: Session, job: FineTuningJob, n_rows: int,
+                           source: str) -> Hyperparameters:
+    """The job's hyperparameters, "auto" resolved, each choice recorded with its reason."""
     hyperparameters = resolve(job.hyperparameters, DataProfile(
-        n_rows=len(train_rows), parameters=parameter_count(source)))
+        n_rows=n_rows, parameters=parameter_count(source)))
     for reason in hyperparameters.reasons:
         record_event(session, job.id, f"auto: {reason}.")
+    return hyperparameters
+
+
+def _prepare(session: Session, settings: Settings, store: ArtifactStore,
+             job: FineTuningJob) -> _Prepared:
+    task = get_task(job.task)
+    train_rows, eval_rows = training_rows(session, store, job, task)
+    source = base_model_source(session, settings, store, job)
     plan = TrainingPlan(task=task, base_model=source, train_rows=train_rows,
-                        eval_rows=eval_rows, labels=labels,
-                        hyperparameters=hyperparameters, seed=job.seed,
-                        output_dir=store.local_path(job.artifact_key),
+                        eval_rows=eval_rows, labels=task.labels(train_rows),
+                        hyperparameters=chosen_hyperparameters(session, job, len(train_rows),
+                                                               source),
+                        seed=job.seed, output_dir=store.local_path(job.artifact_key),
                         mixed_precision=settings.mixed_precision)
     precision = "bf16 mixed precision" if use_bf16(plan.mixed_precision) else "fp32"
     record_event(session, job.id, f"Training in {precision}.")
     return _Prepared(plan, job.model, job.artifact_key)
 
 
-def _fail(settings: Settings, claim: Claim, code: str, message: str) -> None:
+class Superseded(Exception):
+    """Another attempt took the job while this one was recording its outcome."""
+
+
+def owned_job(session: Session, claim: Claim) -> FineTuningJob | None:
+    """The job, if this attempt still owns it: running, and not claimed again since."""
+    job = session.get(FineTuningJob, claim.job_id)
+    if job is None or job.attempt != claim.attempt or job.status != JobStatus.RUNNING:
+        return None
+    return job
+
+
+def finish(session: Session, claim: Claim, job: FineTuningJob, to: JobStatus, *,
+           message: str, error: JobFailure | None = None, level: str | None = None,
+           **fields: Any) -> bool:
+    """End this attempt: move its job to `to`, unless another attempt owns it by now."""
+    return transition(session, job, to, message=message, error=error, level=level,
+                      only_if=[FineTuningJob.attempt == claim.attempt], **fields)
+
+
+def fail(settings: Settings, claim: Claim, failure: JobFailure) -> None:
     with session_scope(settings) as session:
-        job = session.get(FineTuningJob, claim.job_id)
-        if job is None or job.attempt != claim.attempt:
-            return
-        job.status, job.finished_at, job.lease_expires_at = "failed", now(), None
-        job.error = {"code": code, "message": message, "param": None}
-        record_event(session, job.id, f"Job failed: {message}", level="error")
+        job = owned_job(session, claim)
+        if job is not None:
+            finish(session, claim, job, JobStatus.FAILED, error=failure,
+                   message=f"Job failed: {failure.message}")
 
 
 def _record_outcome(settings: Settings, store: ArtifactStore, claim: Claim,
                     prepared: _Prepared, result: TrainingResult) -> None:
     def write(session: Session) -> None:
-        job = session.get(FineTuningJob, claim.job_id)
-        if job is None or job.attempt != claim.attempt or result.stopped == "lost":
+        job = owned_job(session, claim)
+        if job is None or result.stopped == StopReason.LOST:
             return  # another attempt owns the job now: it records the outcome
-        job.lease_expires_at = None
-        if result.stopped == "cancel":
-            job.status, job.finished_at = "cancelled", now()
-            record_event(session, job.id, "Job cancelled.")
-        elif result.stopped == "pause":
-            job.status, job.pause_requested = "paused", False
-            record_event(session, job.id, "Job paused at a checkpoint.")
-        elif result.stopped == "timeout":
-            job.status, job.finished_at = "failed", now()
-            job.error = {"code": "time_limit_exceeded", "param": None,
-                         "message": f"Training ran longer than {settings.max_job_seconds} s."}
-            record_event(session, job.id, job.error["message"], level="error")
-        elif result.stopped == "requeue":
-            # The API's sweep sends it again; a worker resumes it from the checkpoint.
-            job.status, job.dispatched_at = "queued", None
-            record_event(session, job.id, "Worker shutting down: checkpoint saved, job "
-                         "re-queued.", level="warn")
+        if result.stopped is None:
+            _register_success(session, store, claim, job, prepared, result)
         else:
-            _register_success(session, store, job, prepared, result)
+            record_stop(session, settings, claim, job, result.stopped)
 
-    retry_on_outage(settings, write, give_up_after=OUTCOME_PATIENCE_S,
-                    what="recording the outcome")
+    try:
+        retry_on_outage(settings, write, give_up_after=OUTCOME_PATIENCE_S,
+                        what="recording the outcome")
+    except Superseded:
+        log.info("job %s was taken by another attempt; outcome of %d dropped", claim.job_id,
+                 claim.attempt)
 
 
-def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob,
-                      prepared: _Prepared, result: TrainingResult) -> None:
+def record_stop(session: Session, settings: Settings, claim: Claim, job: FineTuningJob,
+                reason: StopReason) -> None:
+    """Where a run that stopped early leaves its job."""
+    if reason == StopReason.CANCEL:
+        finish(session, claim, job, JobStatus.CANCELLED, message="Job cancelled.")
+    elif reason == StopReason.PAUSE:
+        finish(session, claim, job, JobStatus.PAUSED, message="Job paused at a checkpoint.")
+    elif reason == StopReason.TIMEOUT:
+        limit = f"Training ran longer than {settings.max_job_seconds} s."
+        finish(session, claim, job, JobStatus.FAILED, message=limit,
+               error=JobFailure("time_limit_exceeded", limit))
+    elif reason == StopReason.REQUEUE:
+        # The API's sweep sends it again; a worker resumes it from the checkpoint.
+        finish(session, claim, job, JobStatus.QUEUED, level="warn",
+               message="Worker shutting down: checkpoint saved, job re-queued.")
+
+
+def _register_success(session: Session, store: ArtifactStore, claim: Claim,
+                      job: FineTuningJob, prepared: _Prepared, result: TrainingResult) -> None:
     assert result.best_checkpoint is not None
     strip_resume_state(prepared.plan.output_dir)
     metrics = {**result.best_metrics, "train_runtime_s": round(result.train_runtime_s, 3),
@@ -218,7 +262,6 @@ def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob
     job.hyperparameters = prepared.plan.hyperparameters.as_dict()
     version = registry.register_version(session, store, job, result.best_checkpoint,
                                         prepared.plan.labels, metrics, prepared.base_model_ref)
-    job.status, job.finished_at, job.fine_tuned_model = "succeeded", now(), version.id
     # Progress is written at logging steps; the last step may fall between two of them.
     total = result.total_steps or (job.progress or {}).get("total_steps") or 0
     job.progress = {**(job.progress or {}), "step": result.final_step or total,
@@ -229,9 +272,11 @@ def _register_success(session: Session, store: ArtifactStore, job: FineTuningJob
                      f"without improvement. The best checkpoint (step {result.best_step}) "
                      "becomes the version.")
     job.metrics, job.trained_tokens = metrics, result.trained_tokens
-    record_event(session, job.id, f"Job succeeded: registered {version.id} "
-                 f"({prepared.plan.task.best_metric} "
-                 f"{result.best_metrics.get(prepared.plan.task.best_metric, 0):.4f}).")
+    best = prepared.plan.task.best_metric
+    if not finish(session, claim, job, JobStatus.SUCCEEDED, fine_tuned_model=version.id,
+                  message=f"Job succeeded: registered {version.id} "
+                          f"({best} {result.best_metrics.get(best, 0):.4f})."):
+        raise Superseded(claim)  # roll the version back: the job is another attempt's now
 
 
 def _public_message(settings: Settings, exc: Exception) -> str:
@@ -250,15 +295,11 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
     store = artifact_store(settings.resolved_artifact_dir)
     try:
         with session_scope(settings) as session:
-            job = session.get_one(FineTuningJob, job_id)
-            if job.started_at is None:
-                job.started_at = now()
-            record_event(session, job_id, f"Attempt {claim.attempt} started on {worker}.")
-            prepared = _prepare(session, settings, store, job)
+            prepared = _prepare(session, settings, store, session.get_one(FineTuningJob, job_id))
         with Heartbeat(settings, claim) as heartbeat:
             observer = JobObserver(settings, claim, heartbeat, prepared.artifact_key)
             result = fine_tune(prepared.plan, observer)
         _record_outcome(settings, store, claim, prepared, result)
     except Exception as exc:  # the job, not the worker, failed: record why and move on
         log.exception("job %s failed", job_id)
-        _fail(settings, claim, "training_failed", _public_message(settings, exc))
+        fail(settings, claim, JobFailure("training_failed", _public_message(settings, exc)))
