@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
     EarlyStoppingCallback,
     EvalPrediction,
+    PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -244,27 +245,57 @@ def _is_quality(key: str) -> bool:
     return not key.endswith(("_runtime", "_per_second", "samples_per_second", "steps_per_second"))
 
 
+class _EvaluateAndSaveClock(TrainerCallback):
+    """Times how much of `train()` went to evaluations and checkpoints rather than to
+    training steps: from the moment Trainer decides to evaluate or save (after it has
+    logged) to the end of the checkpoint's registration."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since: float | None = None
+
+    def _start_if_due(self, control: TrainerControl) -> None:
+        if control.should_evaluate or control.should_save:
+            self._since = time.perf_counter()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: Any) -> None:
+        self._start_if_due(control)
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: Any) -> None:
+        self._start_if_due(control)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               **kwargs: Any) -> None:
+        if self._since is not None:  # logging comes first and is not evaluation
+            self._since = time.perf_counter()
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: Any) -> None:
+        if not control.should_save:
+            self._stop()
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
+
+
 class _ServiceTrainer(Trainer):
-    """Trainer with our length-grouped, resume-exact sampler, that also times how much of
-    `train()` went to evaluation and checkpoints rather than to training steps."""
+    """Trainer that draws training batches from our length-grouped, resume-exact sampler.
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.evaluate_and_save_s = 0.0
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        started = time.perf_counter()
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self.evaluate_and_save_s += time.perf_counter() - started
-
-    def _save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        started = time.perf_counter()
-        try:
-            super()._save_checkpoint(*args, **kwargs)
-        finally:
-            self.evaluate_and_save_s += time.perf_counter() - started
+    transformers 5 has no public way to give Trainer a sampler: `get_train_dataloader`, the
+    documented override, builds its loader through the private `_get_dataloader` (column
+    removal, worker seeding, accelerate's prepare, which skips the batches a resumed run
+    has done). So this overrides the private `_get_train_sampler(train_dataset)` that
+    `get_train_dataloader` calls; tests/unit/test_training.py checks that the loader
+    Trainer builds still uses it, so a transformers update that changes the hook fails there.
+    """
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
         dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
@@ -316,75 +347,112 @@ def _length_sorted(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(features, key=lambda f: len(f["input_ids"]))
 
 
+@dataclass
+class _Encoded:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    # Which evaluation row each evaluation feature came from, in evaluation order.
+    sources: list[int]
+
+
+@dataclass
+class _Run:
+    """One call of fine_tune: its trainer, and the callbacks that watch it."""
+
+    trainer: _ServiceTrainer
+    service: _ServiceCallback
+    clock: _EvaluateAndSaveClock
+
+
 def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
-    hp = plan.hyperparameters
+    """Train `plan`, resuming from its latest complete checkpoint, reporting to `observer`."""
     tokenizer = AutoTokenizer.from_pretrained(plan.base_model)
+    encoded = encode(plan, tokenizer)
+    run = _build_run(plan, observer, tokenizer, encoded)
+    threads_before = torch.get_num_threads()
+    try:
+        output = run.trainer.train(resume_from_checkpoint=latest_checkpoint(plan.output_dir))
+    finally:
+        torch.set_num_threads(threads_before)
+    if run.service.stop_reason:
+        return TrainingResult(stopped=run.service.stop_reason)
+    return _result(plan, run, encoded, float(output.metrics.get("train_runtime", 0.0)))
+
+
+def encode(plan: TrainingPlan, tokenizer: PreTrainedTokenizerBase) -> _Encoded:
+    """The plan's rows as model features: training as they come, evaluation by length."""
     label2id = {label: i for i, label in enumerate(plan.labels)}
-    train_features = plan.task.encode(plan.train_rows, tokenizer, label2id, hp.max_length)
-    eval_features = _length_sorted(
-        plan.task.encode(plan.eval_rows, tokenizer, label2id, hp.max_length))
-    # Which evaluation row each feature came from, in evaluation order.
-    sources = [f.get(SOURCE_ROW, i) for i, f in enumerate(eval_features)]
+    max_length = plan.hyperparameters.max_length
+    train = plan.task.encode(plan.train_rows, tokenizer, label2id, max_length)
+    evaluation = _length_sorted(plan.task.encode(plan.eval_rows, tokenizer, label2id,
+                                                 max_length))
+    return _Encoded(train, evaluation, [f.get(SOURCE_ROW, i) for i, f in enumerate(evaluation)])
+
+
+def _build_run(plan: TrainingPlan, observer: TrainingObserver,
+               tokenizer: PreTrainedTokenizerBase, encoded: _Encoded) -> _Run:
+    hp = plan.hyperparameters
     # Seeded before the new head is initialised, so the same seed gives the same model.
     set_seed(plan.seed)
     model = plan.task.load_model(plan.base_model, plan.labels)
-
     samples_per_step = hp.batch_size * hp.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(len(train_features) / samples_per_step))
-    callback = _ServiceCallback(observer, samples_per_step, plan.task)
+    steps_per_epoch = max(1, math.ceil(len(encoded.train) / samples_per_step))
     bf16 = use_bf16(plan.mixed_precision)
-    threads_before = torch.get_num_threads()
-    callbacks: list[TrainerCallback] = [callback]
-    if not torch.cuda.is_available():
-        callbacks.append(_ThreadTuner(model, hp.batch_size, bf16))
-    if hp.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
+    service = _ServiceCallback(observer, samples_per_step, plan.task)
+    clock = _EvaluateAndSaveClock()
     trainer = _ServiceTrainer(
         model=model,
         args=_training_arguments(plan, steps_per_epoch, bf16),
-        train_dataset=train_features,
-        eval_dataset=eval_features,
+        train_dataset=encoded.train,
+        eval_dataset=encoded.eval,
         data_collator=plan.task.collator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=(None if plan.task.evaluates_loss_only
-                         else lambda p: _metrics(plan, p, sources)),
-        callbacks=callbacks,
+                         else lambda p: _metrics(plan, p, encoded.sources)),
+        callbacks=[service, *_helpers(plan, model, bf16), clock],
     )
     # Progress goes to the job's events through our callback, not to stdout.
     trainer.remove_callback(PrinterCallback)
-    resume_from = latest_checkpoint(plan.output_dir)
-    try:
-        output = trainer.train(resume_from_checkpoint=resume_from)
-    finally:
-        torch.set_num_threads(threads_before)
-    if callback.stop_reason:
-        return TrainingResult(stopped=callback.stop_reason)
-    best = trainer.state.best_model_checkpoint
-    best_step = int(Path(best).name.split("-")[-1]) if best else trainer.state.global_step
-    tokens = sum(len(f["input_ids"]) for f in train_features) * hp.n_epochs
-    runtime = float(output.metrics.get("train_runtime", 0.0))
+    return _Run(trainer, service, clock)
+
+
+def _helpers(plan: TrainingPlan, model: torch.nn.Module, bf16: bool) -> list[TrainerCallback]:
+    """Callbacks beside ours: CPU thread tuning, and early stopping when asked for."""
+    hp = plan.hyperparameters
+    helpers: list[TrainerCallback] = []
+    if not torch.cuda.is_available():
+        helpers.append(_ThreadTuner(model, hp.batch_size, bf16))
+    if hp.early_stopping_patience:
+        helpers.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
+    return helpers
+
+
+def _result(plan: TrainingPlan, run: _Run, encoded: _Encoded, runtime: float) -> TrainingResult:
+    """What a finished run reports: its best checkpoint and how fast it trained."""
+    state, n_epochs = run.trainer.state, plan.hyperparameters.n_epochs
+    best = state.best_model_checkpoint
+    best_step = int(Path(best).name.split("-")[-1]) if best else state.global_step
     return TrainingResult(
         stopped=None,
         best_checkpoint=Path(best) if best else None,
-        best_metrics=callback.eval_by_step.get(best_step, {}),
+        best_metrics=run.service.eval_by_step.get(best_step, {}),
         train_runtime_s=runtime,
-        evaluate_and_save_s=trainer.evaluate_and_save_s,
-        train_samples_per_s=_samples_per_training_second(trainer, callback, runtime,
-                                                         len(train_features) * hp.n_epochs),
-        trained_tokens=tokens,
-        final_step=trainer.state.global_step,
-        total_steps=trainer.state.max_steps,
+        evaluate_and_save_s=run.clock.seconds,
+        train_samples_per_s=_samples_per_training_second(run, runtime,
+                                                         len(encoded.train) * n_epochs),
+        trained_tokens=sum(len(f["input_ids"]) for f in encoded.train) * n_epochs,
+        final_step=state.global_step,
+        total_steps=state.max_steps,
         best_step=best_step,
     )
 
 
-def _samples_per_training_second(trainer: _ServiceTrainer, callback: _ServiceCallback,
-                                 runtime: float, samples: int) -> float:
+def _samples_per_training_second(run: _Run, runtime: float, samples: int) -> float:
     """Rows trained per second of training steps: this attempt's steps only, with the
     time spent evaluating and writing checkpoints left out (as a plain loop reports it)."""
-    state = trainer.state
-    done = samples * (state.global_step - callback.start_step) / max(state.max_steps, 1)
-    stepping = runtime - trainer.evaluate_and_save_s
+    state = run.trainer.state
+    done = samples * (state.global_step - run.service.start_step) / max(state.max_steps, 1)
+    stepping = runtime - run.clock.seconds
     return done / stepping if stepping > 0 else 0.0
 
 

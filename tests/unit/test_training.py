@@ -1,6 +1,7 @@
 """The training loop on a tiny BERT: progress, checkpoints, best-model choice, cancel, pause."""
 
 import dataclasses
+import inspect
 import json
 import math
 from collections import Counter
@@ -10,13 +11,17 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import AutoTokenizer, Trainer
 
+from app.ml.batching import LengthGroupedSampler
 from app.ml.hyperparameters import resolve
 from app.ml.tasks.classification import TextClassification
 from app.ml.training import (
     RESUME_ONLY_FILES,
     TrainingPlan,
     TrainingResult,
+    _build_run,
+    encode,
     fine_tune,
     latest_checkpoint,
     stratified_split,
@@ -311,3 +316,23 @@ def test_early_stopping_ends_a_run_that_stops_improving(tiny_model_dir: Path,
 def test_a_run_that_keeps_improving_is_not_stopped_early(full_run: Run) -> None:
     assert not full_run.result.stopped_early
     assert full_run.result.final_step == full_run.result.total_steps
+
+
+def test_evaluation_and_checkpoints_are_timed_apart_from_training(full_run: Run) -> None:
+    result = full_run.result
+    assert 0 < result.evaluate_and_save_s < result.train_runtime_s
+
+
+def test_trainer_draws_training_batches_from_our_sampler(tiny_model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """transformers 5 has no public way to give Trainer a sampler, so _ServiceTrainer
+    overrides its private `_get_train_sampler`. If an update renames the hook or stops
+    calling it, resumed runs would silently lose their exact data order: this fails first."""
+    assert "train_dataset" in inspect.signature(Trainer._get_train_sampler).parameters
+    plan = make_plan(tiny_model_dir, tmp_path / "job")
+    tokenizer = AutoTokenizer.from_pretrained(plan.base_model)
+    run = _build_run(plan, RecordingObserver(), tokenizer, encode(plan, tokenizer))
+    loader = run.trainer.get_train_dataloader()
+    samplers = {type(getattr(loader, "sampler", None)),
+                type(getattr(getattr(loader, "batch_sampler", None), "sampler", None))}
+    assert LengthGroupedSampler in samplers, samplers
