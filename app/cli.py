@@ -1,7 +1,8 @@
 """`tuneforge serve | worker | db upgrade`.
 
-Options are written to TUNEFORGE_* environment variables, so the settings object (and any
-worker subprocess) sees exactly what the command line said.
+Options are written to TUNEFORGE_* environment variables before a command runs, so the
+settings object (and any worker subprocess) sees exactly what the command line said, and
+nothing reads the settings before then.
 """
 
 import argparse
@@ -18,8 +19,13 @@ from app.config import Settings, get_settings
 log = logging.getLogger("tuneforge")
 
 
-def _apply(overrides: dict[str, object]) -> None:
-    for name, value in overrides.items():
+# The options that are settings: each is written to TUNEFORGE_<NAME> when given.
+SETTING_OPTIONS = ("data_dir", "host", "port")
+
+
+def apply_settings_options(args: argparse.Namespace) -> None:
+    for name in SETTING_OPTIONS:
+        value = getattr(args, name, None)
         if value is not None:
             os.environ[f"TUNEFORGE_{name.upper()}"] = str(value)
     get_settings.cache_clear()
@@ -66,7 +72,6 @@ def serve(args: argparse.Namespace) -> None:
     from app.db.migrate import upgrade_database
     from app.main import create_app
 
-    _apply({"data_dir": args.data_dir, "host": args.host, "port": args.port})
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings)
@@ -93,10 +98,9 @@ def _bootstrap_key(settings: Settings) -> None:
               f"{settings.data_dir / ADMIN_KEY_FILE}, mode 0600):\n{key}", flush=True)
 
 
-def _database_ready(args: argparse.Namespace) -> Settings:
+def _database_ready() -> Settings:
     from app.db.migrate import upgrade_database
 
-    _apply({"data_dir": args.data_dir})
     settings = get_settings()
     upgrade_database(settings)
     return settings
@@ -106,10 +110,10 @@ def keys_create(args: argparse.Namespace) -> None:
     from app.db.session import session_scope
     from app.services.keys import create_key
 
-    with session_scope(_database_ready(args)) as session:
+    with session_scope(_database_ready()) as session:
         record, key = create_key(session, args.project, args.admin)
-        print(f"created key {record.id} for project '{args.project}'"
-              f"{' (admin)' if record.admin else ''}; it is shown once:")
+    print(f"created key {record.id} for project '{args.project}'"
+          f"{' (admin)' if record.admin else ''}; it is shown once:")
     print(key)  # alone on the last line, so scripts can capture it
 
 
@@ -118,7 +122,7 @@ def keys_list(args: argparse.Namespace) -> None:
     from app.db.session import session_scope
     from app.services.keys import list_keys
 
-    with session_scope(_database_ready(args)) as session:
+    with session_scope(_database_ready()) as session:
         names = {p.id: p.name for p in session.query(Project)}
         for record in list_keys(session):
             state = "revoked" if record.revoked_at else "active"
@@ -130,7 +134,7 @@ def keys_revoke(args: argparse.Namespace) -> None:
     from app.db.session import session_scope
     from app.services.keys import revoke_key
 
-    with session_scope(_database_ready(args)) as session:
+    with session_scope(_database_ready()) as session:
         revoke_key(session, args.key_id)
     print(f"revoked {args.key_id}")
 
@@ -154,7 +158,6 @@ def _exit_with_parent(parent_pid: int) -> None:
 def worker(args: argparse.Namespace) -> None:
     if args.exit_with_parent:
         _exit_with_parent(args.exit_with_parent)
-    _apply({"data_dir": args.data_dir})
     from worker.celery_app import create_celery
 
     settings = get_settings()
@@ -175,7 +178,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def db_upgrade(args: argparse.Namespace) -> None:
-    _database_ready(args)
+    _database_ready()
     print("database is at the latest revision")
 
 
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    apply_settings_options(args)
     args.func(args)
 
 
