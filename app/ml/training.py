@@ -31,9 +31,10 @@ from transformers import (
 
 from app.domain.lifecycle import StopReason
 from app.ml.batching import LengthGroupedSampler
-from app.ml.checkpoints import latest_complete_checkpoint, write_manifest
+from app.ml.checkpoints import MANIFEST, latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters
 from app.ml.precision import use_bf16
+from app.ml.selection import choose_checkpoint
 from app.ml.tasks.base import SOURCE_ROW, Row, TaskAdapter
 
 # How often (in optimizer steps) the CPU thread count is re-measured: load on a shared host moves.
@@ -165,9 +166,7 @@ class _ServiceCallback(TrainerCallback):
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
-        clean = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()
-                 if k in {"eval_loss"} or not k.startswith("eval_") or _is_quality(k)}
-        clean = self.task.report(clean)
+        clean = evaluation_metrics(self.task, metrics or {})
         self.eval_by_step[state.global_step] = clean
         self.observer.on_evaluation(state.global_step, clean)
 
@@ -239,6 +238,20 @@ class _ThreadTuner(TrainerCallback):
                     control: TrainerControl, **kwargs: Any) -> None:
         if state.global_step % THREAD_RETUNE_STEPS == 0 and state.global_step < state.max_steps:
             self.tune()
+
+
+def evaluation_metrics(task: TaskAdapter, logged: dict[str, float]) -> dict[str, float]:
+    """One evaluation's metrics as jobs and versions show them, from what Trainer logged."""
+    clean = {k.removeprefix("eval_"): v for k, v in logged.items()
+             if k != "step" and (k == "eval_loss" or not k.startswith("eval_") or _is_quality(k))}
+    return task.report(clean)
+
+
+def run_evaluations(task: TaskAdapter, state: TrainerState) -> dict[int, dict[str, float]]:
+    """Every evaluation of the run by step, earlier attempts' included: Trainer keeps them in
+    its state, which a resumed run restores from the checkpoint."""
+    return {int(entry["step"]): evaluation_metrics(task, entry) for entry in state.log_history
+            if "eval_loss" in entry and "step" in entry}
 
 
 def _is_quality(key: str) -> bool:
@@ -430,12 +443,13 @@ def _helpers(plan: TrainingPlan, model: torch.nn.Module, bf16: bool) -> list[Tra
 def _result(plan: TrainingPlan, run: _Run, encoded: _Encoded, runtime: float) -> TrainingResult:
     """What a finished run reports: its best checkpoint and how fast it trained."""
     state, n_epochs = run.trainer.state, plan.hyperparameters.n_epochs
-    best = state.best_model_checkpoint
-    best_step = int(Path(best).name.split("-")[-1]) if best else state.global_step
+    evaluations = run_evaluations(plan.task, state)
+    best = _version_checkpoint(plan, state, evaluations)
+    best_step = int(best.name.split("-")[-1]) if best else state.global_step
     return TrainingResult(
         stopped=None,
-        best_checkpoint=Path(best) if best else None,
-        best_metrics=run.service.eval_by_step.get(best_step, {}),
+        best_checkpoint=best,
+        best_metrics=evaluations.get(best_step, {}),
         train_runtime_s=runtime,
         evaluate_and_save_s=run.clock.seconds,
         train_samples_per_s=_samples_per_training_second(run, runtime,
@@ -445,6 +459,18 @@ def _result(plan: TrainingPlan, run: _Run, encoded: _Encoded, runtime: float) ->
         total_steps=state.max_steps,
         best_step=best_step,
     )
+
+
+def _version_checkpoint(plan: TrainingPlan, state: TrainerState,
+                        evaluations: dict[int, dict[str, float]]) -> Path | None:
+    """The checkpoint that becomes the version (app/ml/selection.py): the latest within one
+    standard error of the best score; Trainer's own pick where that one is not whole."""
+    step = choose_checkpoint(evaluations, plan.task.best_metric, plan.task.greater_is_better,
+                             len(plan.eval_rows))
+    chosen = plan.output_dir / f"checkpoint-{step}"
+    if step is not None and (chosen / MANIFEST).is_file():
+        return chosen
+    return Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
 
 
 def _samples_per_training_second(run: _Run, runtime: float, samples: int) -> float:
