@@ -10,6 +10,8 @@ Per case, from the same rows (a seeded sample of the train split):
 - service, defaults: a job with no hyperparameters; the validation file is rows of the train
   split that are not training rows (10% as many), never the scored ones;
 - service at the grid's best point: the same job with that point's hyperparameters given;
+- service search: a job with `{"search": {"trials": N}}` and nothing else (--search-trials,
+  first seed only: it trains N models);
 - for NER also the exact character-span F1 of the spans /predict returns with the default
   aggregation, beside the job's own seqeval entity F1 on the same sentences (there the
   validation file is the scored sentences, as the job's F1 must be measured on them).
@@ -145,10 +147,13 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                                     "batch_size": 32}, s, test)
                    for s in seeds]
         print(f"service at lr {best_lr:g} x {best_epochs}: {at_best}", flush=True)
+        search = [service_job(service, ids, case, {"search": {"trials": args.search_trials}},
+                              seeds[0], test)] if args.search_trials else []
+        print(f"service search, {args.search_trials} trials: {search}", flush=True)
     return {"grid": {f"{lr:g}x{ep}": scores for (lr, ep), scores in grid.items()},
             "best_point": {"learning_rate": best_lr, "n_epochs": best_epochs},
             "plain_best": statistics.median(grid[best_lr, best_epochs]),
-            "defaults": defaults, "at_best": at_best}
+            "defaults": defaults, "at_best": at_best, "search": search}
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -158,15 +163,17 @@ def median(runs: list[dict[str, Any]], key: str) -> float | None:
 
 def summary(results: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'case':<8}{'plain best':>11}{'at':>12}{'defaults':>10}{'d - best':>10}"
-             f"{'svc@best':>10}{'s - p':>8}{'job F1':>8}{'served':>8}"]
+             f"{'svc@best':>10}{'s - p':>8}{'search':>8}{'job F1':>8}{'served':>8}"]
     for name, r in results.items():
         point = f"{r['best_point']['learning_rate']:g}x{r['best_point']['n_epochs']}"
         d, b = median(r["defaults"], "score"), median(r["at_best"], "score")
+        found = median(r.get("search", []), "score")
         job_f1, served = (median(r["defaults"], "job_entity_f1"),
                           median(r["defaults"], "served_span_f1"))
         lines.append(
             f"{name:<8}{r['plain_best']:>11.4f}{point:>12}{d:>10.4f}{d - r['plain_best']:>+10.4f}"
             f"{b:>10.4f}{b - r['plain_best']:>+8.4f}"
+            f"{'-' if found is None else f'{found:.4f}':>8}"
             f"{'-' if job_f1 is None else f'{job_f1:.4f}':>8}"
             f"{'-' if served is None else f'{served:.4f}':>8}")
     return "\n".join(lines)
@@ -189,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid-fp32", dest="grid_bf16", action="store_false",
                         help="plain loop in fp32 (default: bf16 autocast, as the service "
                              "trains here; half the time at equal accuracy)")
+    parser.add_argument("--search-trials", type=int, default=8,
+                        help="trials of the search job (0: no search job)")
     parser.add_argument("--url", help="use this running service instead of starting one")
     args = parser.parse_args(argv)
     results = {name: run_case(name, args) for name in args.cases.split(",")}

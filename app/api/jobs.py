@@ -7,7 +7,7 @@ from app.api.params import After, ResourceId
 from app.api.spec import errors, links
 from app.domain.lifecycle import JobStatus
 from app.schemas.common import NOT_BLANK, ListPage
-from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
+from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic, TrialPublic
 from app.services import jobs, outbox
 from app.services.jobs import IDEMPOTENCY_HEADER
 
@@ -22,7 +22,7 @@ StatusFilter = Annotated[str | None, Query(pattern=f"^({'|'.join(JobStatus)})$")
 
 # Links: the new job's id is what every /{job_id} operation takes.
 JOB_LINKS = links("job_id", "get_job", "cancel_job", "pause_job", "resume_job", "list_events",
-                  "list_checkpoints")
+                  "list_checkpoints", "list_trials")
 
 
 @router.post("", response_model=JobPublic, status_code=201, responses={
@@ -87,3 +87,10 @@ def list_checkpoints(job_id: ResourceId, session: SessionDep, project_id: Projec
     rows, has_more = jobs.list_checkpoints(session, project_id, job_id, after, limit)
     return ListPage.of([CheckpointPublic.of(c) for c in rows], has_more)
 
+
+
+# A search job's trials (hyperparameters.search); any other job has none.
+@router.get("/{job_id}/trials", response_model=ListPage[TrialPublic])
+def list_trials(job_id: ResourceId, session: SessionDep,
+                project_id: ProjectDep) -> ListPage[TrialPublic]:
+    return ListPage.of([TrialPublic.of(t) for t in jobs.list_trials(session, project_id, job_id)])

@@ -2,7 +2,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from app.db.models import FineTuningJob, JobCheckpoint, JobEvent
+from app.db.models import FineTuningJob, JobCheckpoint, JobEvent, SearchTrial
 from app.schemas.common import NO_NUL, StrictModel
 
 Auto = Literal["auto"]
@@ -163,3 +163,29 @@ class CheckpointPublic(BaseModel):
                                                f"{checkpoint.step_number}",
                    fine_tuning_job_id=checkpoint.job_id, metrics=checkpoint.metrics,
                    step_number=checkpoint.step_number)
+
+
+class TrialPublic(BaseModel):
+    """One trial of a search job: the settings it trained with and its best evaluation."""
+
+    id: str
+    object: Literal["fine_tuning.job.trial"] = "fine_tuning.job.trial"
+    fine_tuning_job_id: str
+    number: int
+    status: Literal["running", "succeeded", "failed"]
+    params: dict[str, Any]
+    hyperparameters: dict[str, Any] | None
+    metrics: dict[str, float] | None
+    best_step: int | None
+    error: str | None
+    started_at: int
+    finished_at: int | None
+
+    @classmethod
+    def of(cls, trial: SearchTrial) -> "TrialPublic":
+        return cls(id=trial.id, fine_tuning_job_id=trial.job_id, number=trial.number,
+                   status=trial.status, params=trial.params,  # type: ignore[arg-type]
+                   hyperparameters=trial.hyperparameters, metrics=trial.metrics,
+                   best_step=trial.best_step, error=trial.error,
+                   started_at=int(trial.started_at),
+                   finished_at=int(trial.finished_at) if trial.finished_at else None)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint, JobEvent
+from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint, JobEvent, SearchTrial
 from app.domain.lifecycle import ACTIVE, TERMINAL, JobStatus, record_event, transition
 from app.errors import (
     Conflict,
@@ -262,6 +262,13 @@ def list_checkpoints(session: Session, project_id: str, job_id: str, after: str 
     query = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
     cursor = _cursor(session, query, JobCheckpoint.id, after, "checkpoint")
     return newest_first(session, query, (JobCheckpoint.step_number,), cursor, limit)
+
+
+def list_trials(session: Session, project_id: str, job_id: str) -> Sequence[SearchTrial]:
+    """A search job's trials, in the order they ran (at most the 50 a search may have)."""
+    get_job(session, project_id, job_id)
+    return session.scalars(select(SearchTrial).where(SearchTrial.job_id == job_id)
+                           .order_by(SearchTrial.number)).all()
 
 
 def _cursor(session: Session, query: Any, id_column: Any, after: str | None,

@@ -3,7 +3,7 @@
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from app.ml.training import (
 from app.services import registry
 from app.services.files import load_rows
 from app.services.leases import Claim, Heartbeat, claim_job
+from app.services.search_runs import SearchRun, Trial, is_search
 from app.storage.artifacts import ArtifactStore, artifact_store
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,15 @@ class JobObserver:
     PROGRESS_PATIENCE_S = 5.0
     CHECKPOINT_PATIENCE_S = 600.0
 
-    def __init__(self, settings: Settings, claim: Claim, heartbeat: Heartbeat, artifact_key: str):
+    def __init__(self, settings: Settings, claim: Claim, heartbeat: Heartbeat, artifact_key: str,
+                 trial: Trial | None = None):
         self.settings = settings
         self.claim = claim
         self.heartbeat = heartbeat
         self.artifact_key = artifact_key
+        # A search job's trial: its events say so, and progress counts the whole search.
+        self.trial = trial
+        self.prefix = f"Trial {trial.number + 1}/{trial.of}: " if trial else ""
 
     def _job(self, session: Session) -> FineTuningJob | None:
         job = session.get(FineTuningJob, self.claim.job_id)
@@ -74,13 +79,16 @@ class JobObserver:
             if job is None:
                 return
             total = progress["total_steps"] or 1
+            fraction = progress["step"] / total
+            if self.trial:
+                fraction = (self.trial.number + fraction) / self.trial.of
             job.progress = {"step": progress["step"], "total_steps": total,
-                            "epoch": progress["epoch"],
-                            "fraction": round(progress["step"] / total, 4)}
-            if progress.get("eta_s") is not None:
+                            "epoch": progress["epoch"], "fraction": round(fraction, 4)}
+            if progress.get("eta_s") is not None and self.trial is None:
                 job.estimated_finish = now() + progress["eta_s"]
-            record_event(session, job.id, f"Step {progress['step']}/{total}: training loss "
-                         f"{progress['train_loss']:.4f}", type="metrics", data=progress)
+            record_event(session, job.id, f"{self.prefix}Step {progress['step']}/{total}: "
+                         f"training loss {progress['train_loss']:.4f}", type="metrics",
+                         data=self._tagged(progress))
 
         self._best_effort(write, "recording progress")
 
@@ -91,8 +99,8 @@ class JobObserver:
                 return
             job.metrics = metrics
             summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch")
-            record_event(session, job.id, f"Evaluation at step {step}: {summary}",
-                         type="metrics", data={"step": step, **metrics})
+            record_event(session, job.id, f"{self.prefix}Evaluation at step {step}: {summary}",
+                         type="metrics", data=self._tagged({"step": step, **metrics}))
 
         self._best_effort(write, "recording an evaluation")
 
@@ -100,6 +108,13 @@ class JobObserver:
                       directory: Path) -> None:
         def write(session: Session) -> None:
             if self._job(session) is None:
+                return
+            if self.trial is not None:
+                # A trial's checkpoints are its own (search_trials keeps the best one); the
+                # job's checkpoint list is the winner's, once the search has one.
+                record_event(session, self.claim.job_id,
+                             f"{self.prefix}Checkpoint saved at step {step}.",
+                             data=self._tagged({"step": step}))
                 return
             exists = session.scalar(select(JobCheckpoint.id).where(
                 JobCheckpoint.job_id == self.claim.job_id, JobCheckpoint.step_number == step))
@@ -116,12 +131,17 @@ class JobObserver:
     def stop_requested(self) -> StopReason | None:
         return self.heartbeat.stop_requested()
 
+    def _tagged(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "trial": self.trial.number} if self.trial else data
+
 
 @dataclass
 class _Prepared:
     plan: TrainingPlan
     base_model_ref: str
     artifact_key: str
+    # A search job's outcome: how many trials, and which won (recorded with the version).
+    search: dict[str, Any] | None = None
 
 
 def _warn_about_overlap(session: Session, job_id: str, train_rows: list[Row],
@@ -184,7 +204,8 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
                         mixed_precision=settings.mixed_precision)
     precision = "bf16 mixed precision" if use_bf16(plan.mixed_precision) else "fp32"
     record_event(session, job.id, f"Training in {precision}.")
-    return _Prepared(plan, job.model, job.artifact_key)
+    return _Prepared(plan, job.model, job.artifact_key,
+                     search={} if is_search(job.hyperparameters) else None)
 
 
 class Superseded(Exception):
@@ -258,8 +279,12 @@ def _register_success(session: Session, store: ArtifactStore, claim: Claim,
     metrics = {**result.best_metrics, "train_runtime_s": round(result.train_runtime_s, 3),
                "evaluate_and_save_s": round(result.evaluate_and_save_s, 3),
                "train_samples_per_s": round(result.train_samples_per_s, 2)}
-    # Lineage records the values training used, "auto" resolved.
+    # Lineage records the values training used, "auto" resolved (a search: the winner's,
+    # beside what the search was asked for and what it found).
+    asked = job.hyperparameters.get("search")
     job.hyperparameters = prepared.plan.hyperparameters.as_dict()
+    if prepared.search is not None:
+        job.hyperparameters["search"] = {**(asked or {}), **prepared.search}
     version = registry.register_version(session, store, job, result.best_checkpoint,
                                         prepared.plan.labels, metrics, prepared.base_model_ref)
     # Progress is written at logging steps; the last step may fall between two of them.
@@ -287,6 +312,21 @@ def _public_message(settings: Settings, exc: Exception) -> str:
     return message[:500]
 
 
+def _train(settings: Settings, store: ArtifactStore, claim: Claim, heartbeat: Heartbeat,
+           prepared: _Prepared) -> tuple[_Prepared, TrainingResult]:
+    """Train the job: one run, or a search's trials (then the winner's plan comes back)."""
+    if prepared.search is None:
+        observer = JobObserver(settings, claim, heartbeat, prepared.artifact_key)
+        return prepared, fine_tune(prepared.plan, observer)
+
+    def observer_for(trial: Trial, folder_key: str) -> JobObserver:
+        return JobObserver(settings, claim, heartbeat, folder_key, trial=trial)
+
+    search = SearchRun(settings, store, claim, prepared.plan, prepared.artifact_key)
+    outcome = search.run(observer_for)
+    return replace(prepared, plan=outcome.plan, search=outcome.summary), outcome.result
+
+
 def run_job(settings: Settings, job_id: str, worker: str) -> None:
     claim = claim_job(settings, job_id, worker)
     if claim is None:
@@ -297,8 +337,7 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
         with session_scope(settings) as session:
             prepared = _prepare(session, settings, store, session.get_one(FineTuningJob, job_id))
         with Heartbeat(settings, claim) as heartbeat:
-            observer = JobObserver(settings, claim, heartbeat, prepared.artifact_key)
-            result = fine_tune(prepared.plan, observer)
+            prepared, result = _train(settings, store, claim, heartbeat, prepared)
         _record_outcome(settings, store, claim, prepared, result)
     except Exception as exc:  # the job, not the worker, failed: record why and move on
         log.exception("job %s failed", job_id)
