@@ -127,7 +127,8 @@ class SearchTrial(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    # running (or interrupted, until a later attempt resumes it), succeeded or failed
+    # running; interrupted (paused or handed back, until a later attempt resumes it);
+    # succeeded, failed or cancelled (with its job)
     status: Mapped[str] = mapped_column(String(16))
     params: Mapped[dict[str, Any]] = mapped_column()
     hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSON)

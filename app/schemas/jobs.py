@@ -172,7 +172,7 @@ class TrialPublic(BaseModel):
     object: Literal["fine_tuning.job.trial"] = "fine_tuning.job.trial"
     fine_tuning_job_id: str
     number: int
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["running", "interrupted", "succeeded", "failed", "cancelled"]
     params: dict[str, Any]
     hyperparameters: dict[str, Any] | None
     metrics: dict[str, float] | None

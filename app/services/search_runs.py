@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import FineTuningJob, SearchTrial
 from app.db.session import retry_on_outage
-from app.domain.lifecycle import record_event
+from app.domain.lifecycle import StopReason, record_event
 from app.ids import new_id, now
 from app.ml.base_models import parameter_count
 from app.ml.hyperparameters import DataProfile, Hyperparameters
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 ObserverFor = Callable[["Trial", str], TrainingObserver]
 RECORD_PATIENCE_S = 600.0
 TRIAL_FOLDER = "trial-{number}"
+# A trial in one of these is done: a later attempt replays it and never trains it again. Others
+# (running, or interrupted by a pause or a worker's shutdown) resume from their checkpoint.
+FINISHED = ("succeeded", "failed", "cancelled")
 # How long a trial trained, kept with its metrics (the winner's become the version's).
 RUNTIME, SPEED = "train_runtime_s", "train_samples_per_s"
 
@@ -103,7 +106,7 @@ class SearchRun:
             self._write(self._announce)
         for number in range(self.search.trials):
             known = done.get(number)
-            if known is not None and known.status != "running":
+            if known is not None and known.status in FINISHED:
                 self._replay(study, known)
                 continue
             stopped = self._run_trial(study, number, known, observer_for)
@@ -131,7 +134,9 @@ class SearchRun:
             self._write(lambda s: self._fail(s, number, why))
             return None
         if result.stopped:
-            return result  # cancel, pause or hand-back: this trial resumes in a later attempt
+            if result.stopped != StopReason.LOST:  # a lost attempt writes nothing
+                self._write(lambda s: self._stop(s, number, result.stopped))
+            return result  # the job stops; a paused or handed-back trial resumes later
         study.tell(proposal, objective(result.best_metrics, self.metric))
         _keep_only(plan.output_dir, result.best_checkpoint)
         self._write(lambda s: self._finish(s, number, result))
@@ -208,7 +213,9 @@ class SearchRun:
     def _start(self, session: Session, number: int, params: dict[str, Any],
                hyperparameters: Hyperparameters, resumed: bool) -> None:
         trial = self._trial(session, number)
-        if trial is None:
+        if trial is not None:
+            trial.status = "running"
+        else:
             session.add(SearchTrial(
                 id=new_id("fttrial"), job_id=self.claim.job_id, number=number,
                 status="running", params=params, hyperparameters=hyperparameters.as_dict(),
@@ -234,6 +241,11 @@ class SearchRun:
                      f"{value:.4f} (best checkpoint at step {result.best_step}).",
                      type="metrics",
                      data={"trial": number, "step": result.best_step, **result.best_metrics})
+
+    def _stop(self, session: Session, number: int, reason: StopReason | None) -> None:
+        trial = self._trial(session, number)
+        if trial is not None:
+            trial.status = "cancelled" if reason == StopReason.CANCEL else "interrupted"
 
     def _fail(self, session: Session, number: int, why: str) -> None:
         trial = self._trial(session, number)

@@ -87,3 +87,28 @@ def test_a_killed_search_keeps_finished_trials_and_resumes_the_running_one(
                           (e.get("data") or {})}
         assert trial_of_steps == {1}, story.describe()
         assert versions_of(client, spec.suffix) == [done["fine_tuned_model"]]
+
+
+def test_cancelling_a_search_stops_its_running_trial_and_starts_no_other(
+        tmp_path: Path, models_dir: Path) -> None:
+    spec = JobSpec(suffix="cancelsearch", eval_steps=6)
+    hyperparameters = spec.hyperparameters()
+    hyperparameters["search"] = {"trials": 3, "space": {"n_epochs": [1, 1]}}
+    hyperparameters.pop("n_epochs")
+    with live_service(tmp_path, env_overrides=fault_env(models_dir)) as service, \
+            service.client() as client:
+        files = upload_files(client, spec)
+        job = expect(client.post("/v1/fine_tuning/jobs", json={
+            "model": "tiny-bert", "training_file": files.training,
+            "validation_file": files.validation, "suffix": spec.suffix,
+            "hyperparameters": hyperparameters}), 201)
+        poll(service, client, job["id"], _in_trial_past_step(job["id"], client, 0, 3),
+             "in trial 1, step 4", every_s=0.2)
+        expect(client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel"))
+        cancelled = wait_status(service, client, job["id"], "cancelled")
+        assert cancelled["fine_tuned_model"] is None
+        trials = _trials(client, job["id"])
+        assert [t["status"] for t in trials] == ["cancelled"], trials
+        story = history(client, job["id"])
+        assert story.count("Trial 2 of 3 started") == 0, story.describe()
+        assert versions_of(client, spec.suffix) == []
