@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = 8192
     max_batch_rows: int = 256
     batch_wait_ms: float = 2.0
+    # CPU threads per forward pass; unset: every core for a lone caller's pass, one fewer for
+    # a pass that merges several callers (the event loop serving them keeps a core).
+    serve_threads: int | None = Field(default=None, ge=1)
     # How long a verified API key and a resolved model reference are trusted in memory: a
     # revoked key stops working, and an alias move takes effect, within this many seconds.
     key_cache_seconds: float = 5.0

@@ -26,9 +26,25 @@ log = logging.getLogger(__name__)
 
 Predict = Callable[[list[str], dict[str, Any]], list[Any]]
 CountTokens = Callable[[list[str]], list[int]]
+SetThreads = Callable[[int], None]
 # What one more forward pass costs, in padded tokens' worth of compute: measured for MiniLM
 # on CPU (batch 1 against batch 32), where a call's fixed cost is that of ~60-90 tokens.
 FORWARD_OVERHEAD_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class PassThreads:
+    """CPU threads for a forward pass. A pass that merges several callers' rows runs while
+    the event loop is busy with those callers: it gets `shared` threads, leaving the loop a
+    core (OpenMP threads spin-wait, and one that loses its core stalls the whole pass). A
+    lone caller's pass has the machine to itself and gets `lone`."""
+
+    lone: int
+    shared: int
+
+    @classmethod
+    def for_cores(cls, cores: int) -> PassThreads:
+        return cls(lone=max(1, cores), shared=max(1, cores - 1))
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class BatchLimits:
     max_batch_tokens: int = 8192
     max_batch_rows: int = 256
     max_wait_s: float = 0.002
+    threads: PassThreads | None = None
 
 
 @dataclass(eq=False)
@@ -81,10 +98,12 @@ class BatchRunner:
     """One model's queue and the thread that serves it."""
 
     def __init__(self, name: str, predict: Predict, count_tokens: CountTokens,
-                 limits: BatchLimits | None = None):
+                 limits: BatchLimits | None = None, set_threads: SetThreads | None = None):
         self.limits = limits or BatchLimits()
         self._predict = predict
         self._count_tokens = count_tokens
+        self._set_threads = set_threads
+        self._threads = 0
         self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._pending: deque[_Request] = deque()
         self._closed = False
@@ -231,6 +250,7 @@ class BatchRunner:
         if not live:
             return
         self.passes += 1
+        self._choose_threads(len({id(row.request) for row in live}) > 1)
         try:
             outputs = self._predict([row.text for row in live], live[0].request.parameters)
             if len(outputs) != len(live):
@@ -240,6 +260,15 @@ class BatchRunner:
             return
         for row, output in zip(live, outputs, strict=True):
             _deliver(row.request, row.index, output)
+
+    def _choose_threads(self, shared: bool) -> None:
+        plan = self.limits.threads
+        if plan is None or self._set_threads is None:
+            return
+        wanted = plan.shared if shared else plan.lone
+        if wanted != self._threads:  # changing the pool costs; only on a change
+            self._set_threads(wanted)
+            self._threads = wanted
 
     def _isolate(self, rows: list[_Row]) -> None:
         """A pass failed: run each request in it alone, so only a bad request fails, with the

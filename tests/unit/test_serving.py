@@ -4,6 +4,7 @@ request runs no further rows."""
 
 import asyncio
 import concurrent.futures
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,15 @@ from transformers import AutoTokenizer
 from app.api.deps import cancel_on_disconnect
 from app.errors import InvalidRequest
 from app.ml.inference import LoadedModel, load_model
-from app.ml.serving import BatchLimits, BatchRunner, RunnerClosed, _Request, _Row, forward_chunks
+from app.ml.serving import (
+    BatchLimits,
+    BatchRunner,
+    PassThreads,
+    RunnerClosed,
+    _Request,
+    _Row,
+    forward_chunks,
+)
 from app.ml.tasks.base import TaskAdapter
 from app.ml.tasks.classification import TextClassification
 from app.ml.tasks.language_modeling import MaskedLanguageModeling
@@ -287,3 +296,25 @@ def test_forward_chunks_keep_every_row_within_budget_and_group_by_length() -> No
     # Short rows are not padded to the long ones' length.
     assert any(max(row.length for row in chunk) <= 8 for chunk in chunks)
     assert [len(c) for c in forward_chunks(_rows([10] * 40), max_tokens=10_000)] == [40]
+
+
+def test_a_merged_pass_leaves_the_event_loop_a_core_and_a_lone_one_uses_all(
+        models: dict[str, LoadedModel], runners: list[BatchRunner]) -> None:
+    loaded = models["classifier"]
+    gate = Gate(loaded)
+    threads_set: list[int] = []
+    runner = BatchRunner("threads", gate, loaded.count_tokens,
+                         BatchLimits(threads=PassThreads.for_cores(4)),
+                         set_threads=threads_set.append)
+    runners.append(runner)
+    runner.submit(["good"], {})  # alone: held at the gate with all four threads
+    assert gate.entered.wait(timeout=30)
+    merged = [runner.submit(sentences(2, seed=s), {}) for s in range(3)]
+    gate.release.set()
+    results(merged)
+    assert threads_set[:2] == [4, 3], threads_set
+    results([runner.submit(["fine"], {})])  # alone again
+    assert threads_set[-1] == 4, threads_set
+    # Only changes are applied: the pool is not rebuilt for every pass.
+    assert all(a != b for a, b in itertools.pairwise(threads_set)), threads_set
+    assert PassThreads.for_cores(1) == PassThreads(lone=1, shared=1)
