@@ -14,6 +14,7 @@ from app.api.deps import (
 )
 from app.api.params import ResourceId
 from app.api.spec import errors
+from app.db.session import after_commit
 from app.errors import Conflict, NotFound
 from app.ml.base_models import local_base_models
 from app.schemas.common import Deleted, ListPage
@@ -71,8 +72,14 @@ def delete_model(model_id: ResourceId, session: SessionDep, settings: SettingsDe
         raise Conflict("Base models are shared and cannot be deleted.", param="model",
                        code="base_model_not_deletable")
     version = registry.delete_version(session, store, project_id, model_id)
-    cache.evict(version.storage_key)
-    predictor.forget(version.id)
+    # After the commit: a request in between would otherwise cache the old state again.
+    storage_key, version_id = version.storage_key, version.id
+
+    def unload() -> None:
+        cache.evict(storage_key)
+        predictor.forget(version_id)
+
+    after_commit(session, unload)
     return Deleted(id=model_id, object="model")
 
 
@@ -106,5 +113,5 @@ def set_alias(name: ResourceId, alias: Annotated[str, Path(max_length=64, patter
               body: AliasUpdate, session: SessionDep,
               predictor: PredictorDep, project_id: ProjectDep) -> AliasPublic:
     version = registry.set_alias(session, project_id, name, alias, body.version)
-    predictor.forget_name(project_id, name)
+    after_commit(session, lambda: predictor.forget_name(project_id, name))
     return AliasPublic(name=name, alias=alias, version=version.id)
