@@ -52,13 +52,13 @@ class Settings(BaseSettings):
     # auto: bf16 where the hardware computes it natively, else fp32; or fp32, bf16, int8.
     serve_precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     # Dynamic batching: rows of concurrent requests to one version share forward passes of
-    # at most this many (padded) tokens and rows; under load the runner waits this long for
-    # more rows before a pass.
+    # at most this many (padded) tokens and rows; under load the runner waits for more rows
+    # at most this long, and at most a quarter of its last round's time (app/ml/serving.py).
     max_batch_tokens: int = 8192
     max_batch_rows: int = 256
-    batch_wait_ms: float = 2.0
-    # CPU threads per forward pass; unset: every core for a lone caller's pass, one fewer for
-    # a pass that merges several callers (the event loop serving them keeps a core).
+    batch_wait_ms: float = 50.0
+    # CPU threads for serving's forward passes in this process; unset: torch's own count (the
+    # cores, or OMP_NUM_THREADS). Set it when several API processes share a machine.
     serve_threads: int | None = Field(default=None, ge=1)
     # How long a verified API key and a resolved model reference are trusted in memory: a
     # revoked key stops working, and an alias move takes effect, within this many seconds.

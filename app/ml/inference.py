@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.ml.precision import native_bf16
-from app.ml.serving import BatchLimits, BatchRunner, PassThreads
+from app.ml.serving import BatchLimits, BatchRunner
 from app.ml.tasks.base import TaskAdapter
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,6 @@ def serving_precision(requested: str) -> Precision:
     if requested == "auto":
         return "bf16" if native_bf16() else "fp32"
     return cast(Precision, requested)
-
-
-def default_pass_threads() -> PassThreads:
-    """The PassThreads rule over the cores torch uses (OMP_NUM_THREADS, if set, included)."""
-    return PassThreads.for_cores(torch.get_num_threads())
 
 
 @dataclass(eq=False)

@@ -12,8 +12,8 @@ from app.config import Settings
 from app.db.models import ModelVersion
 from app.db.session import session_factory
 from app.errors import InvalidRequest, PayloadTooLarge
-from app.ml.inference import LoadedModel, ModelCache, default_pass_threads
-from app.ml.serving import BatchLimits, PassThreads, RunnerClosed
+from app.ml.inference import LoadedModel, ModelCache
+from app.ml.serving import BatchLimits, RunnerClosed
 from app.ml.tasks.catalog import get_task
 from app.services import ratelimit
 from app.services.expiring import ExpiringCache
@@ -63,14 +63,7 @@ def model_cache(settings: Settings) -> ModelCache:
     return ModelCache(settings.model_cache_bytes, settings.model_cache_size,
                       settings.serve_precision,
                       BatchLimits(settings.max_batch_tokens, settings.max_batch_rows,
-                                  settings.batch_wait_ms / 1000, pass_threads(settings)))
-
-
-def pass_threads(settings: Settings) -> PassThreads:
-    """Threads per forward pass: as set, or by the rule in PassThreads."""
-    if settings.serve_threads:
-        return PassThreads(settings.serve_threads, settings.serve_threads)
-    return default_pass_threads()
+                                  settings.batch_wait_ms / 1000, settings.serve_threads))
 
 
 class Predictor:

@@ -4,8 +4,8 @@ request runs no further rows."""
 
 import asyncio
 import concurrent.futures
-import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from app.ml.inference import LoadedModel, load_model
 from app.ml.serving import (
     BatchLimits,
     BatchRunner,
-    PassThreads,
     RunnerClosed,
     _Request,
     _Row,
@@ -298,23 +297,56 @@ def test_forward_chunks_keep_every_row_within_budget_and_group_by_length() -> No
     assert [len(c) for c in forward_chunks(_rows([10] * 40), max_tokens=10_000)] == [40]
 
 
-def test_a_merged_pass_leaves_the_event_loop_a_core_and_a_lone_one_uses_all(
+def test_the_configured_thread_count_is_applied_before_the_first_pass(
         models: dict[str, LoadedModel], runners: list[BatchRunner]) -> None:
     loaded = models["classifier"]
-    gate = Gate(loaded)
     threads_set: list[int] = []
-    runner = BatchRunner("threads", gate, loaded.count_tokens,
-                         BatchLimits(threads=PassThreads.for_cores(4)),
-                         set_threads=threads_set.append)
+    runner = BatchRunner("threads", loaded.predict, loaded.count_tokens,
+                         BatchLimits(threads=3), set_threads=threads_set.append)
     runners.append(runner)
-    runner.submit(["good"], {})  # alone: held at the gate with all four threads
-    assert gate.entered.wait(timeout=30)
-    merged = [runner.submit(sentences(2, seed=s), {}) for s in range(3)]
-    gate.release.set()
-    results(merged)
-    assert threads_set[:2] == [4, 3], threads_set
-    results([runner.submit(["fine"], {})])  # alone again
-    assert threads_set[-1] == 4, threads_set
-    # Only changes are applied: the pool is not rebuilt for every pass.
-    assert all(a != b for a, b in itertools.pairwise(threads_set)), threads_set
-    assert PassThreads.for_cores(1) == PassThreads(lone=1, shared=1)
+    results([runner.submit(["good"], {}), runner.submit(["fine", "bad"], {})])
+    assert threads_set == [3]
+
+
+def _slow_runner(runners: list[BatchRunner], max_wait_s: float
+                 ) -> tuple[BatchRunner, list[list[str]], threading.Event]:
+    """A runner over a model whose passes take 0.2 s, its first pass held until released."""
+    seen: list[list[str]] = []
+    release = threading.Event()
+
+    def predict(inputs: list[str], parameters: dict[str, Any]) -> list[Any]:
+        release.wait(timeout=30)
+        time.sleep(0.2)
+        seen.append(list(inputs))
+        return [len(text) for text in inputs]
+
+    runner = BatchRunner("slow", predict, lambda texts: [len(t) for t in texts],
+                         BatchLimits(max_wait_s=max_wait_s))
+    runners.append(runner)
+    return runner, seen, release
+
+
+def _steady_stream(runner: BatchRunner, callers: int, gap_s: float) -> None:
+    """A loaded round of `callers` requests, then the same callers back one by one."""
+    results([runner.submit([f"caller {i}"], {}) for i in range(callers)])
+    futures = []
+    for i in range(callers):
+        futures.append(runner.submit([f"again {i}"], {}))
+        time.sleep(gap_s)
+    results(futures)
+
+
+@pytest.mark.parametrize(("max_wait_s", "first_pass_rows"), [(0.05, 4), (0.0, 1)])
+def test_under_load_the_runner_waits_briefly_for_the_last_rounds_callers(
+        runners: list[BatchRunner], max_wait_s: float, first_pass_rows: int) -> None:
+    runner, seen, release = _slow_runner(runners, max_wait_s)
+    held = runner.submit(["first"], {})  # a lone pass, held: the next round is shared
+    time.sleep(0.05)
+    release_after_queueing = threading.Timer(0.05, release.set)
+    release_after_queueing.start()
+    _steady_stream(runner, callers=4, gap_s=0.005)
+    results([held])
+    again = [rows for rows in seen if rows[0].startswith("again")]
+    # With the wait, the four returning callers share one pass; without it, the first one
+    # back gets a pass of its own and the others queue behind it.
+    assert len(again[0]) == first_pass_rows, seen
