@@ -5,7 +5,7 @@ from fastapi import APIRouter, Header, Query, Response
 from app.api.deps import ProjectDep, SendDep, SessionDep, SettingsDep
 from app.api.params import After, ResourceId
 from app.api.spec import errors, links
-from app.domain.lifecycle import JobStatus
+from app.domain.statuses import JobStatus
 from app.schemas.common import NOT_BLANK, ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic, TrialPublic
 from app.services import jobs, outbox

@@ -9,44 +9,14 @@ worker may both try to move a job, and only one of them does.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.orm import Session
 
 from app.db.models import FineTuningJob, JobEvent
+from app.domain.statuses import TERMINAL, JobStatus
 from app.ids import new_id, now
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class StopReason(StrEnum):
-    """Why a training run ends before its last step."""
-
-    CANCEL = "cancel"  # the user cancelled the job
-    PAUSE = "pause"  # the user paused it; resume continues from the checkpoint
-    REQUEUE = "requeue"  # the worker is shutting down; another worker resumes it
-    TIMEOUT = "timeout"  # the attempt ran past max_job_seconds
-    LOST = "lost"  # another attempt owns the job now; this one writes nothing
-
-    @property
-    def keeps_progress(self) -> bool:
-        """Whether the run saves a checkpoint before it stops, so the job can continue."""
-        return self in (StopReason.PAUSE, StopReason.REQUEUE)
-
-
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-# Active: queued or training now. It is what counts against a project's job limit; a
-# paused job holds no worker and no slot until it is resumed.
-ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     # claimed by a worker; paused or cancelled before it started

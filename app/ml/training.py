@@ -29,7 +29,7 @@ from transformers import (
     set_seed,
 )
 
-from app.domain.lifecycle import StopReason
+from app.domain.statuses import StopReason
 from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import MANIFEST, latest_complete_checkpoint, write_manifest
 from app.ml.hyperparameters import Hyperparameters

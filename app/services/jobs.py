@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint, JobEvent, SearchTrial
-from app.domain.lifecycle import ACTIVE, TERMINAL, JobStatus, record_event, transition
+from app.domain.lifecycle import record_event, transition
+from app.domain.statuses import ACTIVE, TERMINAL, JobStatus
 from app.errors import (
     Conflict,
     IdempotencyMismatch,

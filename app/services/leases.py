@@ -10,7 +10,8 @@ from sqlalchemy import select, update
 from app.config import Settings
 from app.db.models import FineTuningJob
 from app.db.session import session_scope
-from app.domain.lifecycle import JobStatus, StopReason, transition
+from app.domain.lifecycle import transition
+from app.domain.statuses import JobStatus, StopReason
 from app.ids import now
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import FineTuningJob
 from app.db.session import after_commit, session_scope
-from app.domain.lifecycle import JobFailure, JobStatus, transition
+from app.domain.lifecycle import JobFailure, transition
+from app.domain.statuses import JobStatus
 from app.ids import now
 from app.services.jobs import jobs_to_dispatch, mark_dispatched
 

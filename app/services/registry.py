@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import DatasetFile, FineTuningJob, ModelAlias, ModelVersion, RegisteredModel
 from app.db.session import after_commit
-from app.domain.lifecycle import TERMINAL
+from app.domain.statuses import TERMINAL
 from app.errors import Conflict, InvalidRequest, ModelNotReady, NotFound
 from app.ids import now
 from app.storage.artifacts import ArtifactStore

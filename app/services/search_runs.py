@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import FineTuningJob, SearchTrial
 from app.db.session import retry_on_outage
-from app.domain.lifecycle import StopReason, record_event
+from app.domain.lifecycle import record_event
+from app.domain.statuses import StopReason
 from app.ids import new_id, now
 from app.ml.base_models import parameter_count
 from app.ml.hyperparameters import DataProfile, Hyperparameters

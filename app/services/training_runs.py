@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint
 from app.db.session import retry_on_outage, session_scope
-from app.domain.lifecycle import JobFailure, JobStatus, StopReason, record_event, transition
+from app.domain.lifecycle import JobFailure, record_event, transition
+from app.domain.statuses import JobStatus, StopReason
 from app.ids import new_id, now
 from app.ml.base_models import parameter_count, resolve_base_model
 from app.ml.hyperparameters import DataProfile, Hyperparameters, resolve

@@ -18,15 +18,8 @@ from sqlalchemy import func, select, update
 from app.config import Settings
 from app.db.models import FineTuningJob, JobEvent
 from app.db.session import session_scope
-from app.domain.lifecycle import (
-    ALLOWED,
-    TERMINAL,
-    JobFailure,
-    JobStatus,
-    StopReason,
-    check_transition,
-    transition,
-)
+from app.domain.lifecycle import ALLOWED, JobFailure, check_transition, transition
+from app.domain.statuses import TERMINAL, JobStatus, StopReason
 from app.ml.hyperparameters import resolve
 from app.ml.tasks.catalog import get_task
 from app.ml.training import TrainingPlan, TrainingResult
