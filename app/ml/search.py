@@ -99,10 +99,13 @@ def new_study(plan: SearchPlan) -> optuna.Study:
                                sampler=sampler)
 
 
-def replay(study: optuna.Study, plan: SearchPlan, params: dict[str, Any], value: float) -> None:
-    """Tell the study about a trial an earlier attempt finished."""
+def replay(study: optuna.Study, plan: SearchPlan, params: dict[str, Any],
+           value: float | None) -> None:
+    """Tell the study about a trial an earlier attempt finished (value None: it failed)."""
+    state = optuna.trial.TrialState.COMPLETE if value is not None \
+        else optuna.trial.TrialState.FAIL
     study.add_trial(optuna.trial.create_trial(
-        params=params, distributions=plan.space.distributions(), value=value))
+        state=state, params=params, distributions=plan.space.distributions(), value=value))
 
 
 def propose(study: optuna.Study, plan: SearchPlan,

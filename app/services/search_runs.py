@@ -23,7 +23,6 @@ from app.db.session import retry_on_outage
 from app.domain.lifecycle import record_event
 from app.domain.statuses import StopReason
 from app.ids import new_id, now
-from app.ml.base_models import parameter_count
 from app.ml.hyperparameters import DataProfile, Hyperparameters
 from app.ml.search import (
     SearchPlan,
@@ -87,15 +86,14 @@ class SearchRun:
     """One attempt at a search job."""
 
     def __init__(self, settings: Settings, store: ArtifactStore, claim: Claim,
-                 plan: TrainingPlan, artifact_key: str):
+                 plan: TrainingPlan, artifact_key: str, profile: DataProfile):
         self.settings = settings
         self.store = store
         self.claim = claim
         self.plan = plan
         self.artifact_key = artifact_key
         self.metric = plan.task.best_metric
-        self.profile = DataProfile(n_rows=len(plan.train_rows),
-                                   parameters=parameter_count(plan.base_model))
+        self.profile = profile
         self.search = self._write(self._read_plan)
 
     def run(self, observer_for: ObserverFor) -> SearchOutcome:
@@ -145,18 +143,18 @@ class SearchRun:
 
     def _trial_plan(self, number: int, hyperparameters: Hyperparameters) -> TrainingPlan:
         return replace(self.plan, hyperparameters=hyperparameters,
-                       output_dir=self.plan.output_dir / TRIAL_FOLDER.format(number=number))
+                       output_dir=self._trial_dir(number))
+
+    def _trial_dir(self, number: int) -> Path:
+        return self.plan.output_dir / TRIAL_FOLDER.format(number=number)
 
     def _folder_key(self, number: int) -> str:
         return f"{self.artifact_key}/{TRIAL_FOLDER.format(number=number)}"
 
     def _replay(self, study: optuna.Study, trial: TrialRun) -> None:
-        if trial.status == "succeeded" and trial.metrics is not None:
-            replay(study, self.search, trial.params, objective(trial.metrics, self.metric))
-        else:
-            study.add_trial(optuna.trial.create_trial(
-                state=optuna.trial.TrialState.FAIL, params=trial.params,
-                distributions=self.search.space.distributions()))
+        succeeded = trial.status == "succeeded" and trial.metrics is not None
+        replay(study, self.search, trial.params,
+               objective(trial.metrics or {}, self.metric) if succeeded else None)
 
     # ------------------------------------------------------------ the winner
 
@@ -169,8 +167,7 @@ class SearchRun:
                                           -t.number))
         for trial in trials:
             if trial.number != best.number:
-                shutil.rmtree(self.plan.output_dir / TRIAL_FOLDER.format(number=trial.number),
-                              ignore_errors=True)
+                shutil.rmtree(self._trial_dir(trial.number), ignore_errors=True)
         assert best.storage_key is not None
         hyperparameters = trial_hyperparameters(self.search, best.params, self.profile)
         metrics = dict(best.metrics or {})

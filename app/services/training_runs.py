@@ -141,6 +141,8 @@ class _Prepared:
     plan: TrainingPlan
     base_model_ref: str
     artifact_key: str
+    # What the automatic choices were made from (a search's trials choose from it too).
+    profile: DataProfile
     # A search job's outcome: how many trials, and which won (recorded with the version).
     search: dict[str, Any] | None = None
 
@@ -182,11 +184,10 @@ def base_model_source(session: Session, settings: Settings, store: ArtifactStore
                               settings.allow_network).source
 
 
-def chosen_hyperparameters(session: Session, job: FineTuningJob, n_rows: int,
-                           source: str) -> Hyperparameters:
+def chosen_hyperparameters(session: Session, job: FineTuningJob,
+                           profile: DataProfile) -> Hyperparameters:
     """The job's hyperparameters, "auto" resolved, each choice recorded with its reason."""
-    hyperparameters = resolve(job.hyperparameters, DataProfile(
-        n_rows=n_rows, parameters=parameter_count(source)))
+    hyperparameters = resolve(job.hyperparameters, profile)
     for reason in hyperparameters.reasons:
         record_event(session, job.id, f"auto: {reason}.")
     return hyperparameters
@@ -197,15 +198,15 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
     task = get_task(job.task)
     train_rows, eval_rows = training_rows(session, store, job, task)
     source = base_model_source(session, settings, store, job)
+    profile = DataProfile(n_rows=len(train_rows), parameters=parameter_count(source))
     plan = TrainingPlan(task=task, base_model=source, train_rows=train_rows,
                         eval_rows=eval_rows, labels=task.labels(train_rows),
-                        hyperparameters=chosen_hyperparameters(session, job, len(train_rows),
-                                                               source),
+                        hyperparameters=chosen_hyperparameters(session, job, profile),
                         seed=job.seed, output_dir=store.local_path(job.artifact_key),
                         mixed_precision=settings.mixed_precision)
     precision = "bf16 mixed precision" if use_bf16(plan.mixed_precision) else "fp32"
     record_event(session, job.id, f"Training in {precision}.")
-    return _Prepared(plan, job.model, job.artifact_key,
+    return _Prepared(plan, job.model, job.artifact_key, profile,
                      search={} if is_search(job.hyperparameters) else None)
 
 
@@ -323,7 +324,8 @@ def _train(settings: Settings, store: ArtifactStore, claim: Claim, heartbeat: He
     def observer_for(trial: Trial, folder_key: str) -> JobObserver:
         return JobObserver(settings, claim, heartbeat, folder_key, trial=trial)
 
-    search = SearchRun(settings, store, claim, prepared.plan, prepared.artifact_key)
+    search = SearchRun(settings, store, claim, prepared.plan, prepared.artifact_key,
+                       prepared.profile)
     outcome = search.run(observer_for)
     return replace(prepared, plan=outcome.plan, search=outcome.summary), outcome.result
 

@@ -34,6 +34,18 @@ def _trials(client: Any, job_id: str) -> list[dict[str, Any]]:
     return list(expect(client.get(f"/v1/fine_tuning/jobs/{job_id}/trials"))["data"])
 
 
+def _create_search_job(client: Any, spec: JobSpec, search: dict[str, Any],
+                       searched: tuple[str, ...]) -> dict[str, Any]:
+    """The spec's job with `search`; the settings it searches are not also fixed."""
+    hyperparameters = {k: v for k, v in spec.hyperparameters().items() if k not in searched}
+    files = upload_files(client, spec)
+    job: dict[str, Any] = expect(client.post("/v1/fine_tuning/jobs", json={
+        "model": "tiny-bert", "training_file": files.training,
+        "validation_file": files.validation, "suffix": spec.suffix,
+        "hyperparameters": {**hyperparameters, "search": search}}), 201)
+    return job
+
+
 def _in_trial_past_step(job_id: str, client: Any, number: int, step: int):
     """True once trial `number` (from 0) reports a training step past `step`."""
     def done(job: dict[str, Any]) -> bool:
@@ -49,17 +61,11 @@ def _in_trial_past_step(job_id: str, client: Any, number: int, step: int):
 def test_a_killed_search_keeps_finished_trials_and_resumes_the_running_one(
         tmp_path: Path, models_dir: Path) -> None:
     spec = JobSpec(suffix="search", eval_steps=6)
-    hyperparameters = spec.hyperparameters()
-    learning_rate = hyperparameters.pop("learning_rate")
-    hyperparameters["search"] = {"trials": TRIALS, "space": {
-        "learning_rate": [learning_rate / 4, learning_rate]}}
+    learning_rate = spec.hyperparameters()["learning_rate"]
+    search = {"trials": TRIALS, "space": {"learning_rate": [learning_rate / 4, learning_rate]}}
     with live_service(tmp_path, env_overrides=fault_env(models_dir)) as service, \
             service.client() as client:
-        files = upload_files(client, spec)
-        job = expect(client.post("/v1/fine_tuning/jobs", json={
-            "model": "tiny-bert", "training_file": files.training,
-            "validation_file": files.validation, "suffix": spec.suffix,
-            "hyperparameters": hyperparameters}), 201)
+        job = _create_search_job(client, spec, search, searched=("learning_rate",))
         # Two steps past trial 2's first checkpoint (step 6), well before its next one.
         running = poll(service, client, job["id"],
                        _in_trial_past_step(job["id"], client, 1, 7), "in trial 2, step 8",
@@ -92,16 +98,10 @@ def test_a_killed_search_keeps_finished_trials_and_resumes_the_running_one(
 def test_cancelling_a_search_stops_its_running_trial_and_starts_no_other(
         tmp_path: Path, models_dir: Path) -> None:
     spec = JobSpec(suffix="cancelsearch", eval_steps=6)
-    hyperparameters = spec.hyperparameters()
-    hyperparameters["search"] = {"trials": 3, "space": {"n_epochs": [1, 1]}}
-    hyperparameters.pop("n_epochs")
+    search = {"trials": 3, "space": {"n_epochs": [1, 1]}}
     with live_service(tmp_path, env_overrides=fault_env(models_dir)) as service, \
             service.client() as client:
-        files = upload_files(client, spec)
-        job = expect(client.post("/v1/fine_tuning/jobs", json={
-            "model": "tiny-bert", "training_file": files.training,
-            "validation_file": files.validation, "suffix": spec.suffix,
-            "hyperparameters": hyperparameters}), 201)
+        job = _create_search_job(client, spec, search, searched=("n_epochs",))
         poll(service, client, job["id"], _in_trial_past_step(job["id"], client, 0, 3),
              "in trial 1, step 4", every_s=0.2)
         expect(client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel"))
