@@ -16,7 +16,7 @@ from app.ids import now
 from app.storage.artifacts import ArtifactStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_VERSION_ID = re.compile(r"^ft:(?P<name>[^:@]+):v(?P<version>\d+)$")
+_VERSION_ID = re.compile(r"^ft:(?P<name>[^:@]+):v(?P<version>[0-9]+)$")
 
 
 def version_id(name: str, version: int) -> str:
@@ -122,12 +122,17 @@ def registry_view(session: Session, project_id: str, name: str) -> dict[str, Any
 def _as_version_id(name: str, ref: str) -> str:
     """Alias targets may be written `ft:name:v2`, `v2` or `2`."""
     number = ref.removeprefix("v")
-    return version_id(name, int(number)) if number.isdigit() else ref
+    return version_id(name, int(number)) if _is_number(number) else ref
+
+
+def _is_number(text: str) -> bool:
+    # str.isdigit() is true for '¹' and other digits int() refuses; versions are ASCII.
+    return text.isascii() and text.isdigit()
 
 
 def set_alias(session: Session, project_id: str, name: str, alias: str,
               ref: str) -> ModelVersion:
-    if not NAME.match(alias) or alias.startswith("v") and alias[1:].isdigit():
+    if not NAME.match(alias) or alias.startswith("v") and _is_number(alias[1:]):
         raise InvalidRequest("Alias names use letters, digits, '_', '.', '-' and may not look "
                              "like a version (v1).", param="alias")
     model = _registered(session, project_id, name)

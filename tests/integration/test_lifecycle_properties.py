@@ -20,7 +20,7 @@ from app.db.models import FineTuningJob, JobEvent
 from app.db.session import session_scope
 from app.domain.lifecycle import ALLOWED, JobFailure, check_transition, transition
 from app.domain.statuses import TERMINAL, JobStatus, StopReason
-from app.ml.hyperparameters import resolve
+from app.ml.hyperparameters import DataProfile, resolve
 from app.ml.tasks.catalog import get_task
 from app.ml.training import TrainingPlan, TrainingResult
 from app.services import training_runs
@@ -81,11 +81,12 @@ class World:
             if job is None:
                 return
             task = get_task(job.task)
+            profile = DataProfile(n_rows=40)
             plan = TrainingPlan(task=task, base_model=BASE_MODEL, train_rows=[], eval_rows=[],
                                 labels=["negative", "positive"],
-                                hyperparameters=resolve({}, 40), seed=job.seed,
+                                hyperparameters=resolve({}, profile), seed=job.seed,
                                 output_dir=self.tmp / "out")
-            prepared = training_runs._Prepared(plan, job.model, job.artifact_key)
+            prepared = training_runs._Prepared(plan, job.model, job.artifact_key, profile)
             try:
                 training_runs._register_success(session, store, claim, job, prepared, result)
             except training_runs.Superseded:

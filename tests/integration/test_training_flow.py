@@ -237,6 +237,10 @@ def test_move_alias(flow: Flow) -> None:
     check_classification(predict(client, "sentiment@staging"), "ft:sentiment:v1")
     assert_error(client.put("/v1/registry/sentiment/aliases/staging", json={"version": "9"}),
                  404, "not_found", "version")
+    # Superscript and other non-ASCII digits pass str.isdigit() but are no version number.
+    for unicode_digit in ("\u00b9", "v\u00b2", "\u0661"):
+        assert_error(client.put("/v1/registry/sentiment/aliases/staging",
+                                json={"version": unicode_digit}), 404, "not_found", "version")
     assert_error(client.put("/v1/registry/sentiment/aliases/v3", json={"version": "1"}),
                  422, "invalid_request", "alias")
     assert_error(client.put("/v1/registry/nope/aliases/prod", json={"version": "1"}),
