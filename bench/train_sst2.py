@@ -59,9 +59,11 @@ def service_run(service: common.Service, train_id: str, dev_id: str,
 
 
 def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
-                 args: argparse.Namespace, bf16: bool = False) -> dict[str, Any]:
+                 args: argparse.Namespace, bf16: bool = False,
+                 grouped: bool = False) -> dict[str, Any]:
     """The run_glue_no_trainer shape: random batches, dynamic padding, AdamW, linear warmup.
-    With `bf16`, forward passes run under bf16 autocast, as the service's do where native."""
+    With `bf16`, forward passes run under bf16 autocast, as the service's do where native.
+    With `grouped`, batches come from the service's length-grouped sampler instead."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import (
@@ -72,6 +74,7 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
     )
 
     from app.ml.base_models import bundled_minilm_dir
+    from app.ml.batching import LengthGroupedSampler
 
     wall_started = time.perf_counter()
     set_seed(args.seed)
@@ -90,8 +93,11 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
     collator = DataCollatorWithPadding(tokenizer)
     train_features: Any = encode(train)
     dev_features: Any = encode(dev)
-    train_loader: DataLoader[Any] = DataLoader(train_features, shuffle=True,
-                                               batch_size=args.batch_size, collate_fn=collator)
+    sampler = LengthGroupedSampler([len(f["input_ids"]) for f in train_features],
+                                   args.batch_size, args.seed) if grouped else None
+    train_loader: DataLoader[Any] = DataLoader(train_features, shuffle=not grouped,
+                                               sampler=sampler, batch_size=args.batch_size,
+                                               collate_fn=collator)
     dev_loader: DataLoader[Any] = DataLoader(dev_features, batch_size=args.batch_size,
                                              collate_fn=collator)
     total_steps = len(train_loader) * args.epochs
@@ -99,7 +105,9 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
     padded_tokens = real_tokens = 0
     train_s = eval_s = 0.0
     correct = 0
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         started = time.perf_counter()
         model.train()
         for batch in train_loader:
