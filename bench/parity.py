@@ -6,8 +6,9 @@ hyperparameters, over several seeds, with the pieces that differ switched one at
 
 Columns, each from the same training rows and scored on the whole SST-2 dev split:
 - plain: the run_glue_no_trainer shape (random batches, AdamW, linear warmup), fp32;
-- plain, grouped: the same loop drawing its batches from the service's length-grouped
-  sampler (app/ml/batching.py), the one piece of the service's batch order it lacks;
+- plain, grouped N: the same loop drawing its batches from the service's length-grouped
+  sampler (app/ml/batching.py), rows sorted by length within windows of N batches (the
+  service's window is MEGABATCH_BATCHES); one column per --windows value;
 - service: a job with the same learning rate, batch size, epochs and max length, and the
   service's defaults for the rest (evaluation every few steps on the validation rows, early
   stopping, the checkpoint rule of app/ml/selection.py);
@@ -27,6 +28,8 @@ from typing import Any
 
 import common
 import train_sst2
+
+from app.ml.batching import MEGABATCH_BATCHES
 
 
 def split(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]]:
@@ -50,22 +53,22 @@ def service_point(service: common.Service, ids: tuple[str, str], dev: list[Any],
 
 
 def plain_point(train: list[Any], dev: list[Any], args: argparse.Namespace,
-                grouped: bool) -> dict[str, Any]:
+                grouped: int) -> dict[str, Any]:
     run = train_sst2.baseline_run(train, dev, args, grouped=grouped)
     return {"accuracy": run["dev_accuracy"], "train_s": run["train_s"],
             "padding_ratio": run["padding_ratio"]}
 
 
-COLUMNS = ("plain", "plain, grouped", "service", "service, no early stop")
-
-
 def one_seed(service: common.Service, ids: tuple[str, str], train: list[Any], dev: list[Any],
              args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    return {"plain": plain_point(train, dev, args, grouped=False),
-            "plain, grouped": plain_point(train, dev, args, grouped=True),
-            "service": service_point(service, ids, dev, args),
-            "service, no early stop": service_point(service, ids, dev, args,
-                                                    early_stopping_patience=0)}
+    run = {"plain": plain_point(train, dev, args, grouped=0)}
+    for window in args.windows:
+        run[f"plain, grouped {window}"] = plain_point(train, dev, args, grouped=window)
+    run["service"] = service_point(service, ids, dev, args)
+    if not args.skip_no_early_stop:
+        run["service, no early stop"] = service_point(service, ids, dev, args,
+                                                      early_stopping_patience=0)
+    return run
 
 
 def summary(runs: list[dict[str, dict[str, Any]]]) -> str:
@@ -74,7 +77,7 @@ def summary(runs: list[dict[str, dict[str, Any]]]) -> str:
 
     plain_acc, plain_s = med("plain", "accuracy"), med("plain", "train_s")
     lines = [f"{'':<24}{'accuracy':>10}{'- plain':>9}{'train s':>9}{'speed':>8}   per seed"]
-    for column in COLUMNS:
+    for column in runs[0]:
         acc, seconds = med(column, "accuracy"), med(column, "train_s")
         per_seed = " ".join(f"{run[column]['accuracy']:.4f}" for run in runs)
         lines.append(f"{column:<24}{acc:>10.4f}{acc - plain_acc:>+9.4f}{seconds:>9.1f}"
@@ -92,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--windows", type=lambda t: [int(x) for x in t.split(",") if x],
+                        default=[MEGABATCH_BATCHES],
+                        help="length-grouping windows (in batches) for plain, grouped")
+    parser.add_argument("--skip-no-early-stop", action="store_true")
     parser.add_argument("--url", help="use this running service instead of starting one")
     args = parser.parse_args(argv)
     common.add_service_defaults(args)
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(one_seed(service, ids, train, dev, args))
             print(f"seed {seed}: " + ", ".join(
                 f"{c} {runs[-1][c]['accuracy']:.4f} in {runs[-1][c]['train_s']:.0f}s"
-                for c in COLUMNS), flush=True)
+                for c in runs[-1]), flush=True)
     print(f"\n(median of {args.seeds} seeds)")
     print(summary(runs))
     common.write_results("parity", args, {"runs": runs})

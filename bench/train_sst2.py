@@ -60,10 +60,11 @@ def service_run(service: common.Service, train_id: str, dev_id: str,
 
 def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
                  args: argparse.Namespace, bf16: bool = False,
-                 grouped: bool = False) -> dict[str, Any]:
+                 grouped: int = 0) -> dict[str, Any]:
     """The run_glue_no_trainer shape: random batches, dynamic padding, AdamW, linear warmup.
     With `bf16`, forward passes run under bf16 autocast, as the service's do where native.
-    With `grouped`, batches come from the service's length-grouped sampler instead."""
+    With `grouped` > 0, batches come from the service's length-grouped sampler instead, rows
+    sorted by length within windows of that many batches."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import (
@@ -94,7 +95,7 @@ def baseline_run(train: list[dict[str, Any]], dev: list[dict[str, Any]],
     train_features: Any = encode(train)
     dev_features: Any = encode(dev)
     sampler = LengthGroupedSampler([len(f["input_ids"]) for f in train_features],
-                                   args.batch_size, args.seed) if grouped else None
+                                   args.batch_size, args.seed, grouped) if grouped else None
     train_loader: DataLoader[Any] = DataLoader(train_features, shuffle=not grouped,
                                                sampler=sampler, batch_size=args.batch_size,
                                                collate_fn=collator)

@@ -16,10 +16,12 @@ MEGABATCH_BATCHES = 50
 
 
 class LengthGroupedSampler(Sampler[int]):
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int,
+                 window_batches: int = MEGABATCH_BATCHES):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
+        self.window_batches = window_batches
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -31,7 +33,7 @@ class LengthGroupedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        window = self.batch_size * MEGABATCH_BATCHES
+        window = self.batch_size * self.window_batches
         batches: list[list[int]] = []
         for start in range(0, len(order), window):
             chunk = sorted(order[start:start + window], key=lambda i: -self.lengths[i])
