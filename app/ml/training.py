@@ -78,6 +78,8 @@ class TrainingResult:
     stopped: StopReason | None
     best_checkpoint: Path | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    # The best checkpoint's figures that are not one number (a confusion matrix).
+    best_tables: dict[str, Any] = field(default_factory=dict)
     train_runtime_s: float = 0.0
     evaluate_and_save_s: float = 0.0
     train_samples_per_s: float = 0.0
@@ -243,8 +245,20 @@ class _ThreadTuner(TrainerCallback):
 def evaluation_metrics(task: TaskAdapter, logged: dict[str, float]) -> dict[str, float]:
     """One evaluation's metrics as jobs and versions show them, from what Trainer logged."""
     clean = {k.removeprefix("eval_"): v for k, v in logged.items()
-             if k != "step" and (k == "eval_loss" or not k.startswith("eval_") or _is_quality(k))}
+             if k != "step" and _is_number(v)
+             and (k == "eval_loss" or not k.startswith("eval_") or _is_quality(k))}
     return task.report(clean)
+
+
+def evaluation_tables(logged: dict[str, Any]) -> dict[str, Any]:
+    """One evaluation's figures that are not one number (a confusion matrix): the version
+    keeps them, while jobs, checkpoints and events show the flat scores alone."""
+    return {k.removeprefix("eval_"): v for k, v in logged.items()
+            if k.startswith("eval_") and not _is_number(v)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float)
 
 
 def run_evaluations(task: TaskAdapter, state: TrainerState) -> dict[int, dict[str, float]]:
@@ -450,6 +464,7 @@ def _result(plan: TrainingPlan, run: _Run, encoded: _Encoded, runtime: float) ->
         stopped=None,
         best_checkpoint=best,
         best_metrics=evaluations.get(best_step, {}),
+        best_tables=_tables_at(state, best_step),
         train_runtime_s=runtime,
         evaluate_and_save_s=run.clock.seconds,
         train_samples_per_s=_samples_per_training_second(run, runtime,
@@ -459,6 +474,13 @@ def _result(plan: TrainingPlan, run: _Run, encoded: _Encoded, runtime: float) ->
         total_steps=state.max_steps,
         best_step=best_step,
     )
+
+
+def _tables_at(state: TrainerState, step: int) -> dict[str, Any]:
+    for entry in state.log_history:
+        if "eval_loss" in entry and entry.get("step") == step:
+            return evaluation_tables(entry)
+    return {}
 
 
 def _version_checkpoint(plan: TrainingPlan, state: TrainerState,

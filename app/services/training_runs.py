@@ -288,7 +288,8 @@ def _register_success(session: Session, store: ArtifactStore, claim: Claim,
     if prepared.search is not None:
         job.hyperparameters["search"] = {**(asked or {}), **prepared.search}
     version = registry.register_version(session, store, job, result.best_checkpoint,
-                                        prepared.plan.labels, metrics, prepared.base_model_ref)
+                                        prepared.plan.labels, {**metrics, **result.best_tables},
+                                        prepared.base_model_ref)
     # Progress is written at logging steps; the last step may fall between two of them.
     total = result.total_steps or (job.progress or {}).get("total_steps") or 0
     job.progress = {**(job.progress or {}), "step": result.final_step or total,

@@ -175,14 +175,27 @@ def test_compute_metrics_ignores_unlabelled_rows(task: TextClassification) -> No
     # Predicted [0, 1, 0, (ignored), 1] vs gold [0, 1, 1, 0]: accuracy 2/4.
     # label 0: tp 1 fp 1 fn 1 -> 2/4; label 1: tp 1 fp 1 fn 1 -> 2/4.
     metrics = task.compute_metrics(logits, label_ids, ["neg", "pos"])
-    assert metrics == {"accuracy": pytest.approx(0.5), "macro_f1": pytest.approx(0.5)}
+    # Rows gold, columns predicted: gold neg [neg, pos], gold pos [pos, neg].
+    assert metrics == {"accuracy": pytest.approx(0.5), "macro_f1": pytest.approx(0.5),
+                       "confusion_matrix": {"labels": ["neg", "pos"],
+                                            "counts": [[1, 1], [1, 1]]}}
     perfect = task.compute_metrics(logits[:2], label_ids[:2], ["neg", "pos"])
-    assert perfect == {"accuracy": 1.0, "macro_f1": 1.0}
+    assert perfect == {"accuracy": 1.0, "macro_f1": 1.0,
+                       "confusion_matrix": {"labels": ["neg", "pos"],
+                                            "counts": [[1, 0], [0, 1]]}}
+
+
+def test_confusion_matrix_rows_are_gold_columns_predicted(task: TextClassification) -> None:
+    # Three labels: every gold "b" predicted "c", so the mix-up shows in row b, column c.
+    logits = np.eye(3)[[0, 2, 2, 2]]
+    metrics = task.compute_metrics(logits, np.array([0, 1, 1, 2]), ["a", "b", "c"])
+    assert metrics["confusion_matrix"]["counts"] == [[1, 0, 0], [0, 0, 2], [0, 0, 1]]
 
 
 def test_compute_metrics_all_unlabelled(task: TextClassification) -> None:
     metrics = task.compute_metrics(np.zeros((2, 2)), np.array([-100, -100]), ["a", "b"])
-    assert metrics == {"accuracy": 0.0, "macro_f1": 0.0}
+    assert metrics == {"accuracy": 0.0, "macro_f1": 0.0,
+                       "confusion_matrix": {"labels": ["a", "b"], "counts": [[0, 0], [0, 0]]}}
 
 
 # --- load_model and predict -------------------------------------------------------------

@@ -201,6 +201,18 @@ def test_the_version_is_the_latest_checkpoint_within_a_standard_error_of_the_bes
     assert result.best_metrics == evaluations[chosen]
 
 
+def test_the_version_keeps_the_confusion_matrix_and_events_stay_flat(full_run: Run) -> None:
+    # Jobs, checkpoints and events read evaluations as flat numbers; the matrix goes to the
+    # version alone, counting each evaluation row once.
+    for _, metrics in full_run.observer.evaluations:
+        assert all(isinstance(value, float | int) for value in metrics.values())
+    matrix = full_run.result.best_tables["confusion_matrix"]
+    assert matrix["labels"] == full_run.plan.labels
+    assert sum(map(sum, matrix["counts"])) == len(EVAL_ROWS)
+    correct = sum(matrix["counts"][i][i] for i in range(len(matrix["labels"])))
+    assert correct / len(EVAL_ROWS) == pytest.approx(full_run.result.best_metrics["accuracy"])
+
+
 def test_same_seed_gives_same_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The job's seed alone fixes the run, including the new head's initial weights."""
     losses = []

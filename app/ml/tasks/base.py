@@ -93,9 +93,10 @@ class TaskAdapter(ABC):
 
     @abstractmethod
     def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str],
-                        rows: Sequence[int] | None = None) -> dict[str, float]:
+                        rows: Sequence[int] | None = None) -> dict[str, Any]:
         """Scores over the evaluation features; `rows[i]` is the dataset row of feature i
-        (its SOURCE_ROW), so a task can score whole rows rather than features."""
+        (its SOURCE_ROW), so a task can score whole rows rather than features. A figure
+        that is not one number (a confusion matrix) is kept with the version only."""
 
     def report(self, metrics: dict[str, float]) -> dict[str, float]:
         """Evaluation metrics as jobs and versions show them (add figures derived from them)."""

@@ -54,6 +54,15 @@ def macro_f1(predicted: np.ndarray, gold: np.ndarray, n_labels: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def confusion_matrix(predicted: np.ndarray, gold: np.ndarray,
+                     labels: list[str]) -> dict[str, Any]:
+    """How often each gold label (row) was predicted as each label (column), both in the
+    model's label order: which classes the model mixes up, which accuracy cannot say."""
+    counts = np.zeros((len(labels), len(labels)), dtype=int)
+    np.add.at(counts, (gold, predicted), 1)
+    return {"labels": list(labels), "counts": counts.tolist()}
+
+
 class TextClassification(TaskAdapter):
     name = "text-classification"
     best_metric = "macro_f1"
@@ -107,7 +116,7 @@ class TextClassification(TaskAdapter):
         return load_pretrained(AutoModelForSequenceClassification, path, labels)
 
     def compute_metrics(self, logits: Any, label_ids: Any, labels: list[str],
-                        rows: Sequence[int] | None = None) -> dict[str, float]:
+                        rows: Sequence[int] | None = None) -> dict[str, Any]:
         # One feature per row: nothing to regroup.
         logits = np.asarray(logits)
         gold = np.asarray(label_ids)
@@ -115,7 +124,8 @@ class TextClassification(TaskAdapter):
         predicted = logits.argmax(axis=-1)[known]
         gold = gold[known]
         accuracy = float(np.mean(predicted == gold)) if gold.size else 0.0
-        return {"accuracy": accuracy, "macro_f1": macro_f1(predicted, gold, len(labels))}
+        return {"accuracy": accuracy, "macro_f1": macro_f1(predicted, gold, len(labels)),
+                "confusion_matrix": confusion_matrix(predicted, gold, labels)}
 
     @torch.inference_mode()
     def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
