@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.ml.precision import native_bf16
-from app.ml.serving import BatchLimits, BatchRunner
+from app.ml.serving import BatchLimits, BatchRunner, ServingObserver
 from app.ml.tasks.base import TaskAdapter
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,10 @@ class LoadedModel:
     def size_bytes(self) -> int:
         return model_bytes(self.model)
 
-    def start_runner(self, name: str, limits: BatchLimits) -> BatchRunner:
+    def start_runner(self, name: str, limits: BatchLimits,
+                     observer: ServingObserver | None = None) -> BatchRunner:
         self.runner = BatchRunner(name, self.predict, self.count_tokens, limits,
-                                  set_threads=torch.set_num_threads)
+                                  set_threads=torch.set_num_threads, observer=observer)
         return self.runner
 
     def close(self) -> None:
@@ -112,11 +113,13 @@ class ModelCache:
     hot models go on meanwhile."""
 
     def __init__(self, budget_bytes: int, max_models: int | None = None,
-                 precision: str = "auto", limits: BatchLimits | None = None):
+                 precision: str = "auto", limits: BatchLimits | None = None,
+                 observer: ServingObserver | None = None):
         self.budget_bytes = budget_bytes
         self.max_models = max_models
         self.precision = serving_precision(precision)
         self.limits = limits or BatchLimits()
+        self.observer = observer or ServingObserver()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -138,12 +141,14 @@ class ModelCache:
             loaded = self._models.get(key)
             if loaded is not None:
                 self._models.move_to_end(key)
+                self.observer.cache_hit()
             return loaded
 
     def get(self, key: str, task: TaskAdapter, directory: Path, max_length: int) -> LoadedModel:
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
+                self.observer.cache_hit()
                 return self._models[key]
             loading = self._loading.setdefault(key, threading.Lock())
         # One thread loads a given version; others asking for it wait rather than load twice.
@@ -151,15 +156,19 @@ class ModelCache:
             with self._lock:
                 if key in self._models:
                     self._loading.pop(key, None)
+                    self.observer.cache_hit()
                     return self._models[key]
             loaded = load_model(task, directory, max_length, self.precision)
-            loaded.start_runner(key, self.limits)
+            loaded.start_runner(key, self.limits, self.observer)
+            self.observer.model_loaded()
             with self._lock:
                 self._models[key] = loaded
                 self._sizes[key] = loaded.size_bytes
                 self._loading.pop(key, None)
                 evicted = self._over_budget()
+                self.observer.cache_holds(sum(self._sizes.values()))
             for old in evicted:
+                self.observer.model_evicted()
                 old.close()
             return loaded
 
@@ -180,6 +189,7 @@ class ModelCache:
         with self._lock:
             loaded, self._models = list(self._models.values()), OrderedDict()
             self._sizes.clear()
+            self.observer.cache_holds(0)
         for model in loaded:
             model.close()
 
@@ -187,5 +197,6 @@ class ModelCache:
         with self._lock:
             loaded = self._models.pop(key, None)
             self._sizes.pop(key, None)
+            self.observer.cache_holds(sum(self._sizes.values()))
         if loaded is not None:
             loaded.close()

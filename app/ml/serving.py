@@ -49,6 +49,29 @@ class BatchLimits:
     threads: int | None = None
 
 
+class ServingObserver:
+    """Told what serving does, for figures; does nothing itself. The service layer passes one
+    that records them (app/observability), so this package names no exporter."""
+
+    def request_waited(self, seconds: float) -> None:
+        """A request was queued `seconds` before the runner took its first row."""
+
+    def pass_ran(self, rows: int) -> None:
+        """A forward pass answered `rows` rows."""
+
+    def cache_hit(self) -> None:
+        """A request found its model loaded."""
+
+    def model_loaded(self) -> None:
+        """A model was loaded for a request."""
+
+    def model_evicted(self) -> None:
+        """A model was unloaded to stay within the cache's budget."""
+
+    def cache_holds(self, size_bytes: int) -> None:
+        """The loaded models' weights now take `size_bytes`."""
+
+
 @dataclass(frozen=True)
 class _Round:
     """The runner's last round: the rows it served, whether several callers shared them, and
@@ -71,6 +94,7 @@ class _Request:
     results: list[Any] = field(default_factory=list)
     next_row: int = 0
     remaining: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def open(self) -> bool:
@@ -99,8 +123,10 @@ class BatchRunner:
     """One model's queue and the thread that serves it."""
 
     def __init__(self, name: str, predict: Predict, count_tokens: CountTokens,
-                 limits: BatchLimits | None = None, set_threads: SetThreads | None = None):
+                 limits: BatchLimits | None = None, set_threads: SetThreads | None = None,
+                 observer: ServingObserver | None = None):
         self.limits = limits or BatchLimits()
+        self._observer = observer or ServingObserver()
         self._predict = predict
         self._count_tokens = count_tokens
         self._set_threads = set_threads
@@ -252,6 +278,8 @@ class BatchRunner:
                 if rows and (len(rows) >= self.limits.max_batch_rows
                              or tokens + length > self.limits.max_batch_tokens):
                     return rows
+                if request.next_row == 0:
+                    self._observer.request_waited(time.monotonic() - request.queued_at)
                 rows.append(_Row(request, request.next_row))
                 tokens += length
                 request.next_row += 1
@@ -269,6 +297,7 @@ class BatchRunner:
         except Exception:  # noqa: BLE001 - isolated below
             self._isolate(live)
             return
+        self._observer.pass_ran(len(live))
         for row, output in zip(live, outputs, strict=True):
             _deliver(row.request, row.index, output)
 
@@ -283,6 +312,7 @@ class BatchRunner:
             except Exception as exc:  # noqa: BLE001 - the caller gets its own error
                 _fail(request, exc)
                 continue
+            self._observer.pass_ran(len(request.inputs))
             request.next_row = len(request.inputs)
             request.remaining = 0
             _settle(request, outputs)

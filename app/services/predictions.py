@@ -13,7 +13,7 @@ from app.db.models import ModelVersion
 from app.db.session import session_factory
 from app.errors import InvalidRequest, PayloadTooLarge
 from app.ml.inference import LoadedModel, ModelCache
-from app.ml.serving import BatchLimits, RunnerClosed
+from app.ml.serving import BatchLimits, RunnerClosed, ServingObserver
 from app.ml.tasks.catalog import get_task
 from app.services import ratelimit
 from app.services.expiring import ExpiringCache
@@ -59,22 +59,23 @@ def check_limits(settings: Settings, inputs: list[str]) -> None:
                              code="empty_input")
 
 
-def model_cache(settings: Settings) -> ModelCache:
+def model_cache(settings: Settings, observer: ServingObserver | None = None) -> ModelCache:
     return ModelCache(settings.model_cache_bytes, settings.model_cache_size,
                       settings.serve_precision,
                       BatchLimits(settings.max_batch_tokens, settings.max_batch_rows,
-                                  settings.batch_wait_ms / 1000, settings.serve_threads))
+                                  settings.batch_wait_ms / 1000, settings.serve_threads),
+                      observer)
 
 
 class Predictor:
     """The predict path of one API process."""
 
     def __init__(self, settings: Settings, store: ArtifactStore, limiter: ratelimit.RateLimiter,
-                 models: ModelCache | None = None):
+                 models: ModelCache | None = None, observer: ServingObserver | None = None):
         self.settings = settings
         self.store = store
         self.limiter = limiter
-        self.models = models or model_cache(settings)
+        self.models = models or model_cache(settings, observer)
         self.versions: ExpiringCache[ServedVersion] = ExpiringCache(
             settings.version_cache_seconds)
 
