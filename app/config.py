@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # restarted without persistence loses messages. Extra copies are harmless (claims).
     redispatch_seconds: float = 300.0
 
+    # Prometheus figures at GET /metrics, without a key (README, "Metrics"); false removes
+    # the route. The processes of one host share their counters through files in a folder
+    # of their own under metrics_dir (default <data_dir>/metrics).
+    metrics_enabled: bool = True
+    metrics_dir: Path | None = None
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'tuneforge.db').resolve()}"
@@ -96,6 +102,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").resolve()
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        return (self.metrics_dir or self.data_dir / "metrics").resolve()
 
     @property
     def broker_folder(self) -> Path:

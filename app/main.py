@@ -10,6 +10,7 @@ from app.api import admin, files, health, jobs, models
 from app.api.deps import get_caller, get_principal
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
+from app.api.metrics import install_metrics
 from app.api.spec import operation_id, publish_spec
 from app.config import get_settings
 from app.db.session import session_scope
@@ -36,7 +37,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.broker_ok = lambda: broker_reachable(celery)
     app.state.rate_limiter = rate_limiter(settings)
     app.state.verified_keys = VerifiedKeys(settings.key_cache_seconds)
-    app.state.predictor = Predictor(settings, app.state.store, app.state.rate_limiter)
+    app.state.predictor = Predictor(settings, app.state.store, app.state.rate_limiter,
+                                    observer=app.state.serving_observer)
     app.state.model_cache = app.state.predictor.models
     with session_scope(settings) as session:
         bootstrap_admin_key(session, settings)
@@ -55,6 +57,8 @@ def create_app() -> FastAPI:
                   generate_unique_id_function=operation_id)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, settings=get_settings())
+    # Added last, so outermost: it times and counts every answer, the body limit's 413 included.
+    app.state.serving_observer = install_metrics(app, get_settings())
     app.include_router(health.router)
     # Every other route needs a key; declared here once so no route can forget it.
     for router in (files.router, jobs.router, models.router, admin.router):

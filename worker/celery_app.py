@@ -1,9 +1,10 @@
 """The Celery app. The broker carries job ids only; the database holds every job's state."""
 
 from celery import Celery
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 
 from app.config import Settings, get_settings
+from app.observability.folder import use_metrics_folder
 from app.services.leases import WORKER_DRAINING
 
 TRAIN_TASK = "tuneforge.train_job"
@@ -53,6 +54,15 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+@worker_init.connect
+def _name_metrics_folder(**_: object) -> None:
+    # Before anything in the worker imports prometheus_client: a figure a task records then
+    # lands in this host's folder, beside the API processes', and a scrape adds it up.
+    settings = get_settings()
+    if settings.metrics_enabled:
+        use_metrics_folder(settings)
 
 
 @worker_shutting_down.connect
