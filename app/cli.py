@@ -1,4 +1,4 @@
-"""`tuneforge serve | worker | db upgrade`.
+"""`tuneforge serve | worker | db upgrade | keys`, and the client commands of app/client.
 
 Options are written to TUNEFORGE_* environment variables before a command runs, so the
 settings object (and any worker subprocess) sees exactly what the command line said, and
@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+from app.client.commands import add_client_commands
 from app.config import Settings, get_settings
 
 log = logging.getLogger("tuneforge")
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke_cmd = keys_sub.add_parser("revoke", help="revoke a key by id", parents=[common])
     revoke_cmd.add_argument("key_id")
     revoke_cmd.set_defaults(func=keys_revoke)
+    add_client_commands(commands)
     return parser
 
 
