@@ -12,6 +12,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import install_metrics
 from app.api.spec import operation_id, publish_spec
+from app.api.ui import install_dashboard
 from app.config import get_settings
 from app.db.session import session_scope
 from app.services.keys import VerifiedKeys, bootstrap_admin_key
@@ -64,5 +65,6 @@ def create_app() -> FastAPI:
     for router in (files.router, jobs.router, models.router, admin.router):
         app.include_router(router, dependencies=[Depends(get_principal)])
     app.include_router(models.predict_router, dependencies=[Depends(get_caller)])
+    install_dashboard(app)
     publish_spec(app, get_settings())
     return app
