@@ -87,6 +87,22 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     metrics_dir: Path | None = None
 
+    # Live job events (?stream=true): how often the database is read for new events, how
+    # long a quiet stream waits before a keep-alive comment, and how long one stream lasts
+    # before it ends (the client reconnects with Last-Event-ID; proxies cut longer ones).
+    events_poll_seconds: float = Field(default=0.5, gt=0)
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
+    events_stream_seconds: float = Field(default=50.0, gt=0)
+
+    # Webhooks. Private, loopback and link-local destinations are refused unless allowed
+    # (a receiver on the same network). A failed delivery is retried after
+    # webhook_retry_seconds, doubling each time, until webhook_max_attempts.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'tuneforge.db').resolve()}"
