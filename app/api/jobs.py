@@ -1,14 +1,16 @@
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import ProjectDep, SendDep, SessionDep, SettingsDep
 from app.api.params import After, ResourceId
 from app.api.spec import errors, links
 from app.domain.statuses import JobStatus
-from app.schemas.common import NOT_BLANK, ListPage
+from app.schemas.common import NO_NUL, NOT_BLANK, ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic, TrialPublic
-from app.services import jobs, outbox
+from app.services import event_stream, jobs, outbox
+from app.services.event_stream import RESUME_HEADER
 from app.services.jobs import IDEMPOTENCY_HEADER
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -73,9 +75,28 @@ def resume_job(job_id: ResourceId, session: SessionDep, settings: SettingsDep, s
     return JobPublic.of(job)
 
 
-@router.get("/{job_id}/events", response_model=ListPage[EventPublic])
-def list_events(job_id: ResourceId, session: SessionDep, project_id: ProjectDep,
-                after: After = None, limit: Limit = 20) -> ListPage[EventPublic]:
+# With stream=true: the events as Server-Sent Events, oldest first, live until the job ends.
+EVENT_STREAM = {"description": "With `stream=true`: Server-Sent Events, each with `id:` (the "
+                               "event id) and `data:` (the event object); `: keep-alive` "
+                               "comments while quiet; the stream ends once the job has ended.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+Stream = Annotated[bool, Query(description="Send the events as Server-Sent Events.")]
+LastEventId = Header(alias=RESUME_HEADER, min_length=1, max_length=200, pattern=NO_NUL,
+                     description="With stream=true: resume after this event.")
+
+
+@router.get("/{job_id}/events", response_model=ListPage[EventPublic],
+            responses={200: EVENT_STREAM})
+def list_events(job_id: ResourceId, session: SessionDep,
+                settings: SettingsDep, project_id: ProjectDep, after: After = None,
+                limit: Limit = 20, stream: Stream = False,
+                last_event_id: Annotated[str | None, LastEventId] = None) -> Any:
+    if stream:
+        seq = event_stream.resume_point(session, project_id, job_id, last_event_id)
+        return StreamingResponse(
+            event_stream.stream_events(settings, job_id, seq),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     rows, has_more = jobs.list_events(session, project_id, job_id, after, limit)
     return ListPage.of([EventPublic.of(e) for e in rows], has_more)
 
