@@ -194,9 +194,12 @@ def test_ctrl_c_stops_following_not_the_job_and_the_job_verbs_work(
     assert cli.json("jobs", "resume", queued)["status"] == "queued"
     assert cli.json("jobs", "cancel", queued)["status"] == "cancelled"
 
-    following = cli.start("jobs", "get", long_job, "--follow", "--interval", "0.2")
     wait_until(lambda: cli.json("jobs", "get", long_job)["status"] == "running")
-    time.sleep(0.5)
+    following = cli.start("jobs", "get", long_job, "--follow", "--interval", "0.2")
+    assert following.stderr is not None
+    # Its first event line: it is following now, not still starting up.
+    first = following.stderr.readline()
+    assert f"Created fine-tuning job {long_job}." in first, first
     following.send_signal(signal.SIGINT)
     _, stderr = following.communicate(timeout=30)
     assert following.returncode == 130, stderr
