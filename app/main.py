@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from app.api import admin, files, health, jobs, models
+from app.api import admin, files, health, jobs, models, webhooks
 from app.api.deps import get_caller, get_principal
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
@@ -19,6 +19,7 @@ from app.services.keys import VerifiedKeys, bootstrap_admin_key
 from app.services.outbox import Sweeper
 from app.services.predictions import Predictor
 from app.services.ratelimit import rate_limiter
+from app.services.webhook_delivery import WebhookDispatcher
 from app.storage.artifacts import artifact_store
 from worker.celery_app import TRAIN_TASK, broker_reachable, create_celery
 
@@ -45,9 +46,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap_admin_key(session, settings)
     sweeper = Sweeper(settings, send, settings.sweep_seconds)
     sweeper.start()
+    dispatcher = WebhookDispatcher(settings)
+    dispatcher.start()
     try:
         yield
     finally:
+        dispatcher.stop()
         sweeper.stop()
         app.state.model_cache.close()
 
@@ -62,7 +66,7 @@ def create_app() -> FastAPI:
     app.state.serving_observer = install_metrics(app, get_settings())
     app.include_router(health.router)
     # Every other route needs a key; declared here once so no route can forget it.
-    for router in (files.router, jobs.router, models.router, admin.router):
+    for router in (files.router, jobs.router, models.router, admin.router, webhooks.router):
         app.include_router(router, dependencies=[Depends(get_principal)])
     app.include_router(models.predict_router, dependencies=[Depends(get_caller)])
     install_dashboard(app)

@@ -3,7 +3,7 @@
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
@@ -186,3 +186,58 @@ class ModelAlias(Base):
     alias: Mapped[str] = mapped_column(String(64), primary_key=True)
     version_pk: Mapped[int] = mapped_column(ForeignKey("model_versions.pk", ondelete="CASCADE"))
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class WebhookEndpoint(Base):
+    """Where a project wants to hear of its jobs' outcomes."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    # Event types to send; None: every type.
+    events: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Kept as given (whsec_…), unlike API keys: it must sign every delivery. Shown once.
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row, written with the change it reports."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(64))
+    # The exact body that is signed and sent, identical on every attempt.
+    payload: Mapped[str] = mapped_column(Text)
+    # pending, succeeded or failed (no attempts left)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # When it is next due; a dispatcher's claim moves it ahead by the claim's lease, so a
+    # dispatcher that dies mid-send leaves it due again later.
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[list["WebhookAttempt"]] = relationship(
+        order_by="WebhookAttempt.number", lazy="selectin", passive_deletes=True)
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery and how it went: the delivery log."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -1,10 +1,11 @@
 """A job's lifecycle: its statuses, why a run stops, and the one way a status changes.
 
 Every status change goes through `transition`: it checks the move against `ALLOWED`, sets
-the timestamps, lease and error that go with the new status, and records the event, in
-one conditional UPDATE. The condition (the job is still in the status it was read in, and
-whatever the caller adds, such as its attempt) makes racing writers safe: the API and a
-worker may both try to move a job, and only one of them does.
+the timestamps, lease and error that go with the new status, and records the event and the
+webhook deliveries it owes, in one conditional UPDATE and the caller's transaction. The
+condition (the job is still in the status it was read in, and whatever the caller adds,
+such as its attempt) makes racing writers safe: the API and a worker may both try to move a
+job, and only one of them does.
 """
 
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from app.db.models import FineTuningJob, JobEvent
 from app.domain.statuses import TERMINAL, JobStatus
 from app.ids import new_id, now
+from app.services.webhooks import enqueue_job_event
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     # claimed by a worker; paused or cancelled before it started
@@ -82,6 +84,7 @@ def transition(session: Session, job: FineTuningJob, to: JobStatus, *, message: 
         return False
     record_event(session, job.id, message,
                  level=level or ("error" if to is JobStatus.FAILED else "info"))
+    enqueue_job_event(session, job, to)
     return True
 
 
