@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from openai import OpenAI
 
 from tests.integration.conftest import BASE_MODEL, running_app
 from tests.integration.helpers import assert_error, jsonl_bytes
@@ -123,6 +124,9 @@ def test_signed_delivery_of_a_job_outcome(tmp_path: Path, models_dir: Path,
         assert event["data"]["id"] == job_id and event["id"] == headers["webhook-id"]
         assert event["id"].startswith("evt_")
         assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+        # The openai SDK's own verifier accepts it, as an event of its own type.
+        unwrapped = OpenAI(api_key="unused").webhooks.unwrap(body, headers, secret=hook["secret"])
+        assert unwrapped.type == "fine_tuning.job.cancelled" and unwrapped.data.id == job_id
         assert delivery["status"] == "succeeded" and delivery["event_id"] == event["id"]
         assert [a["status_code"] for a in delivery["attempts"]] == [200]
         # The filtered endpoint was owed nothing.
