@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
 from tests.live import LiveService, live_service, upload_jsonl, wait_for_job
 from tests.live import expect as expect_status
@@ -132,18 +132,39 @@ def test_a_wrong_key_is_refused_and_the_right_one_signs_in(dashboard: Dashboard)
     expect(page.locator(f'tr[data-job="{dashboard.job_id}"]')).to_be_visible()
 
 
-def test_pause_resume_and_cancel_buttons(dashboard: Dashboard) -> None:
+def is_stream(url: str) -> bool:
+    return url.endswith("/events?stream=true")
+
+
+def test_pause_resume_and_cancel_buttons_on_a_server_without_a_stream(
+        dashboard: Dashboard) -> None:
     page = dashboard.page
-    # The last job in line is still queued: pausing it is allowed, and so is the rest.
-    page.goto(f"{dashboard.service.base_url}/ui#/jobs/{dashboard.spare_job_id}")
-    status = page.locator("#job-status")
-    expect(status).to_have_text("queued")
-    for action, after in (("pause", "paused"), ("resume", "queued"), ("cancel", "cancelled")):
-        page.get_by_role("button", name=action, exact=True).click()
-        expect(status).to_have_text(after)
-    for action in ("pause", "resume", "cancel"):
-        expect(page.get_by_role("button", name=action, exact=True)).to_be_disabled()
-    expect(page.locator(".events")).to_contain_text("cancelled")
+    # A server (or proxy) that refuses the event stream: the page polls the list instead.
+    refused: list[str] = []
+
+    def refuse(route: Route) -> None:
+        refused.append(route.request.url)
+        route.fulfill(status=404, json={"error": {"code": "not_found", "message": "no stream",
+                                                  "param": None}})
+
+    page.route(is_stream, refuse)
+    try:
+        # The last job in line is still queued: pausing it is allowed, and so is the rest.
+        page.goto(f"{dashboard.service.base_url}/ui#/jobs/{dashboard.spare_job_id}")
+        status = page.locator("#job-status")
+        expect(status).to_have_text("queued")
+        for action, after in (("pause", "paused"), ("resume", "queued"),
+                              ("cancel", "cancelled")):
+            page.get_by_role("button", name=action, exact=True).click()
+            expect(status).to_have_text(after)
+        for action in ("pause", "resume", "cancel"):
+            expect(page.get_by_role("button", name=action, exact=True)).to_be_disabled()
+        # Recorded after the page opened, so only a poll of the list can have shown them.
+        for message in ("Job paused before it started.", "Job resumed", "Job cancelled."):
+            expect(page.locator(".events")).to_contain_text(message)
+    finally:
+        page.unroute(is_stream)
+    assert refused
     page.get_by_role("link", name="Jobs", exact=True).click()
 
 
