@@ -16,6 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
+from app.config import Settings
+from app.db.migrate import upgrade_database
+from app.db.models import Project, WebhookDelivery, WebhookEndpoint
+from app.db.session import engine_for, session_scope
+from app.ids import now
+from app.services.webhook_delivery import _claim, claim_due
+from app.services.webhooks import new_secret
 from tests.integration.conftest import BASE_MODEL, running_app
 from tests.integration.helpers import assert_error, jsonl_bytes
 from tests.unit.tiny_model import sentiment_rows
@@ -237,3 +244,38 @@ def scoped_to_projects(client: TestClient, hook: dict[str, Any]) -> None:
 def test_bad_registrations(client: TestClient, body: dict[str, Any]) -> None:
     response = client.post(HOOKS, json=body)
     assert_error(response, 422)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    configured = Settings(data_dir=tmp_path / "data", database_url=url)
+    (tmp_path / "data").mkdir()
+    upgrade_database(configured)
+    yield configured
+    engine_for(configured.resolved_database_url).dispose()
+
+
+def test_a_delivery_is_claimed_once(database: Settings) -> None:
+    """Two dispatchers read the same due delivery; only the first claim takes it."""
+    with session_scope(database) as session:
+        session.add(Project(id="proj-claims", name="claims", created_at=now()))
+        session.flush()
+        session.add(WebhookEndpoint(id="wh-claims", project_id="proj-claims",
+                                    url="https://example.com/hook", events=None,
+                                    secret=new_secret(), created_at=now()))
+        session.flush()
+        session.add(WebhookDelivery(id="whdel-claims", endpoint_id="wh-claims",
+                                    event_id="evt_claims", event_type="fine_tuning.job.failed",
+                                    payload="{}", status="pending", attempt_count=0,
+                                    next_attempt_at=now() - 1, created_at=now()))
+    with session_scope(database) as late:
+        seen = late.get(WebhookDelivery, "whdel-claims")
+        assert seen is not None
+        with session_scope(database) as first:
+            claimed = claim_due(first, lease_seconds=60)
+        assert [c.delivery_id for c in claimed] == ["whdel-claims"]
+        # The late dispatcher acts on what it read before the first one's claim.
+        assert not _claim(late, seen, now() + 60)
+    with session_scope(database) as again:
+        assert claim_due(again, lease_seconds=60) == []  # leased, so not due
