@@ -28,14 +28,14 @@ class Destination:
 
 def resolve_destination(url: str, allow_private: bool) -> Destination:
     """The URL's host resolved and checked; InvalidRequest (param `url`) if refused."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # an unbalanced [ or a port out of range
+        raise _refused(f"url is not a valid URL: {exc}.", "webhook_url_invalid") from None
     if parts.scheme not in ("http", "https"):
         raise _refused(f"url must use http or https, not '{parts.scheme}'.",
                        "webhook_url_scheme")
-    try:
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise _refused("url has an invalid port.", "webhook_url_invalid") from None
     if not host:
         raise _refused("url has no host.", "webhook_url_invalid")
     addresses = _addresses(host, port)
@@ -59,7 +59,7 @@ def is_forbidden(address: IPAddress) -> bool:
 def _addresses(host: str, port: int) -> list[IPAddress]:
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, UnicodeError, ValueError) as exc:  # unknown, or not a host name at all
         raise _refused(f"url's host {host} cannot be resolved.",
                        "webhook_url_unresolvable") from exc
     # A scoped IPv6 address ends in %interface, which ip_address does not parse.

@@ -191,6 +191,8 @@ def test_a_pending_delivery_survives_a_restart(tmp_path: Path, models_dir: Path,
     ("http://0.0.0.0/hook", "webhook_url_forbidden"),
     ("ftp://example.com/hook", None),
     ("http://:80/hook", "webhook_url_invalid"),
+    ("https://\u00e65[t\u0014\u00c2&\u001bL", "webhook_url_invalid"),
+    ("https://host.invalid/hook", "webhook_url_unresolvable"),
 ])
 def test_private_destinations_are_refused(client: TestClient, url: str,
                                           code: str | None) -> None:
