@@ -17,7 +17,7 @@ from app.config import Settings
 from app.db.models import FineTuningJob, JobEvent
 from app.db.session import session_scope
 from app.domain.statuses import TERMINAL
-from app.errors import InvalidHeader
+from app.errors import NotFound
 from app.schemas.jobs import EventPublic
 from app.services.jobs import get_job
 
@@ -37,8 +37,8 @@ def resume_point(session: Session, project_id: str, job_id: str,
     seq = session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job_id,
                                                     JobEvent.id == last_event_id))
     if seq is None:
-        raise InvalidHeader(f"{RESUME_HEADER} names no event of job '{job_id}'.",
-                            param=RESUME_HEADER)
+        raise NotFound(f"No event with id '{last_event_id}' in job '{job_id}'.",
+                       param=RESUME_HEADER)
     return seq
 
 

@@ -89,7 +89,7 @@ def test_stream_refusals(client: TestClient) -> None:
     with client.stream("GET", f"{JOBS}/{job['id']}/events", params={"stream": "true"},
                        headers={"Last-Event-ID": "ftevent-nope"}) as response:
         response.read()
-        assert_error(response, 400, "invalid_header", "Last-Event-ID")
+        assert_error(response, 404, "not_found", "Last-Event-ID")
     response = client.get(f"{JOBS}/ftjob-nope/events", params={"stream": "true"})
     assert_error(response, 404, "not_found")
     response = client.get(f"{JOBS}/{job['id']}/events", params={"stream": "maybe"})
@@ -104,6 +104,10 @@ def test_spec_declares_the_event_stream(client: TestClient) -> None:
         "/v1/fine_tuning/jobs/{job_id}/events"]["get"]
     content = operation["responses"]["200"]["content"]
     assert set(content) == {"application/json", "text/event-stream"}
+    event = content["text/event-stream"]["schema"]
+    assert event["required"] == ["id", "data"]
+    assert event["properties"]["data"]["contentSchema"] == {
+        "$ref": "#/components/schemas/EventPublic"}
     names = {p["name"] for p in operation["parameters"]}
     assert {"stream", "Last-Event-ID"} <= names
     assert "400" in operation["responses"]
