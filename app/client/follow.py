@@ -62,12 +62,12 @@ def follow_with_bar(client: ServiceClient, job_id: str, interval_s: float) -> di
     with training_bar() as bar:
         task = bar.add_task(job_id, total=None, loss="", speed="", eta="")
         for job, events in watch(client, job_id, interval_s):
-            for event in events:
-                if is_step(event):
-                    step = event["data"]
-                else:
-                    render.show_event(event, bar.console)
+            steps = [event["data"] for event in events if is_step(event)]
+            step = steps[-1] if steps else step
             bar.update(task, **bar_fields(job, step))
+            for event in events:
+                if not is_step(event):
+                    render.show_event(event, bar.console)
     return job
 
 
