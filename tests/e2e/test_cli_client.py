@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from app.client.render import prediction_text
 from tests.live import LiveService, free_port, jsonl_bytes, live_service
 from tests.security.fuzz import TINY_MODEL, service_env, tiny_models
 from tests.unit.tiny_model import sentiment_rows
@@ -117,7 +119,8 @@ def test_create_follow_exits_0_with_the_model_it_trained(
     assert "succeeded" in trained.stdout and f"ft:{SUFFIX}:v1" in trained.stdout, \
         describe(trained)
     # The bar's last state, and the job's other events above it, on stderr.
-    assert "/" in trained.stderr and "loss" in trained.stderr, describe(trained)
+    assert re.search(r"succeeded .* (\d+)/\1 loss \d\.\d{4} [\d.]+ samples/s",
+                     trained.stderr), describe(trained)
     assert "Checkpoint saved" in trained.stderr, describe(trained)
     assert "Traceback" not in trained.stderr
 
@@ -194,7 +197,8 @@ def test_ctrl_c_stops_following_not_the_job_and_the_job_verbs_work(
     assert cli.json("jobs", "resume", queued)["status"] == "queued"
     assert cli.json("jobs", "cancel", queued)["status"] == "cancelled"
 
-    wait_until(lambda: cli.json("jobs", "get", long_job)["status"] == "running")
+    # Until its first progress event, so the bar has a loss, a speed and an ETA to show.
+    wait_for_a_step(cli.service, long_job)
     following = cli.start("jobs", "get", long_job, "--follow", "--interval", "0.2")
     assert following.stderr is not None
     # Its first event line: it is following now, not still starting up.
@@ -204,6 +208,9 @@ def test_ctrl_c_stops_following_not_the_job_and_the_job_verbs_work(
     _, stderr = following.communicate(timeout=30)
     assert following.returncode == 130, stderr
     assert f"Stopped following {long_job}; the job goes on." in stderr, stderr
+    # The bar as it stood: a running job with the service's estimate of the time left.
+    assert re.search(r"running .* \d+/\d+ loss \d\.\d{4} [\d.]+ samples/s ETA \d+:\d\d:\d\d",
+                     stderr), stderr
     assert "Traceback" not in stderr
     assert cli.json("jobs", "get", long_job)["status"] == "running"
 
@@ -216,8 +223,22 @@ def test_ctrl_c_stops_following_not_the_job_and_the_job_verbs_work(
         describe(done)
 
 
-def wait_until(condition: Any, timeout_s: float = 60) -> None:
+def test_predictions_of_every_task_read_as_one_line_each() -> None:
+    assert prediction_text([{"label": "positive", "score": 0.93},
+                            {"label": "negative", "score": 0.07}]) == ("positive", "0.9300")
+    entities = [{"entity_group": "PER", "score": 0.981, "word": "Ada", "start": 0, "end": 3},
+                {"entity_group": "LOC", "score": 0.9, "word": "Paris", "start": 12, "end": 17}]
+    assert prediction_text(entities) == ("Ada PER 0.9810; Paris LOC 0.9000", "")
+    assert prediction_text([]) == ("(no entities)", "")
+    assert prediction_text([{"generated_text": "the film was good"}]) == (
+        "the film was good", "")
+    assert prediction_text([{"score": 0.5, "token": 9, "token_str": "good",
+                             "sequence": "the film was good"}]) == ("good", "0.5000")
+
+
+def wait_for_a_step(service: LiveService, job_id: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
+    with service.client() as client:
+        while client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["progress"]["step"] == 0:
+            assert time.monotonic() < deadline, f"{job_id} made no step in {timeout_s}s"
+            time.sleep(0.2)
