@@ -25,9 +25,13 @@ def tenants(service: Service) -> Tenants:
                                   json={"version": "1"}, headers=service.headers(owner))
     assert response.status_code == 200, response.text
     queued_job = service.create_job(owner, file_id, suffix="queued")
+    # A public address, so no setting has to allow it; no job here fails, so nothing is sent.
+    webhook = service.client.post("/v1/webhooks", headers=service.headers(owner), json={
+        "url": "https://93.184.216.34/hooks", "events": ["fine_tuning.job.failed"]})
+    assert webhook.status_code == 201, webhook.text
     return Tenants(owner, other, {"file_id": file_id, "job_id": queued_job,
                                   "model_id": version, "name": "secret",
-                                  "alias": "production"})
+                                  "alias": "production", "webhook_id": webhook.json()["id"]})
 
 
 BODIES = {"/predict": {"inputs": "the film was good"}, "/aliases/": {"version": "1"}}
