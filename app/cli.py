@@ -13,11 +13,16 @@ import subprocess
 import sys
 import threading
 import time
+from importlib.metadata import version as package_version
 
 from app.client.commands import add_client_commands
 from app.config import Settings, get_settings
 
 log = logging.getLogger("tuneforge")
+
+# Libraries that narrate their start-up at INFO (Alembic's plugins and each migration,
+# the broker connection); their warnings and errors still show.
+CHATTY_LOGGERS = ("alembic", "celery.worker.consumer.connection", "httpx")
 
 
 # The options that are settings: each is written to TUNEFORGE_<NAME> when given.
@@ -76,15 +81,24 @@ def serve(args: argparse.Namespace) -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings)
+    log.info("database ready: %s", _redacted(settings.resolved_database_url))
     _bootstrap_key(settings)
     supervisor = WorkerSupervisor() if not args.no_worker else None
     if supervisor:
         supervisor.start()
     try:
-        uvicorn.run(create_app(), host=settings.host, port=settings.port, log_level="info")
+        # uvicorn's own start-up lines are warnings-only; the app logs one line when it is up.
+        uvicorn.run(create_app(), host=settings.host, port=settings.port, log_level="warning",
+                    access_log=settings.access_log)
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _bootstrap_key(settings: Settings) -> None:
@@ -172,7 +186,8 @@ def worker(args: argparse.Namespace) -> None:
     app = create_celery(settings)
     # One job at a time, in this process (solo pool): SIGTERM reaches the training loop
     # directly, so the job checkpoints and re-queues. Scale with more worker processes.
-    app.worker_main(["worker", "--loglevel=INFO", "--pool=solo",
+    # --quiet drops the start-up banner: the worker's "ready." line says it is up.
+    app.worker_main(["--quiet", "worker", "--loglevel=INFO", "--pool=solo",
                      # The filesystem transport has no broadcast; no worker needs gossip here.
                      "--without-gossip", "--without-mingle", "--without-heartbeat",
                      "-n", f"tuneforge-{os.getpid()}@%h"])
@@ -185,6 +200,8 @@ def db_upgrade(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"tuneforge {package_version('tuneforge')}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", help="default ./tuneforge-data (TUNEFORGE_DATA_DIR)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -219,9 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_logging()
     args = build_parser().parse_args(argv)
     apply_settings_options(args)
     args.func(args)

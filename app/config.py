@@ -32,6 +32,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # One log line per request; off by default, since /metrics counts requests by route.
+    access_log: bool = False
 
     # Uploads and datasets.
     max_upload_bytes: int = 200 * 1024 * 1024
@@ -109,7 +111,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        # A host named, though the transport ignores it, so kombu does not warn on connect.
+        return self.broker_url or "filesystem://localhost/"
 
     @property
     def resolved_artifact_dir(self) -> Path:

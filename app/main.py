@@ -48,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     sweeper.start()
     dispatcher = WebhookDispatcher(settings)
     dispatcher.start()
+    log.info("API ready on http://%s:%s (dashboard at /ui)", settings.host, settings.port)
     try:
         yield
     finally:
