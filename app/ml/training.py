@@ -294,8 +294,11 @@ class _EvaluateAndSaveClock(TrainerCallback):
         self._start_if_due(control)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               **kwargs: Any) -> None:
-        if self._since is not None:  # logging comes first and is not evaluation
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        # The training-loss line is logged just before evaluating and is not evaluation. The
+        # evaluation's own metrics are logged from inside it, at its end: they must not
+        # restart the clock, or every evaluation would be counted as training time.
+        if self._since is not None and logs and "loss" in logs:
             self._since = time.perf_counter()
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState,

@@ -339,6 +339,21 @@ def test_evaluation_and_checkpoints_are_timed_apart_from_training(full_run: Run)
     assert 0 < result.evaluate_and_save_s < result.train_runtime_s
 
 
+def test_the_time_set_apart_holds_every_evaluation(tiny_model_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """Many evaluation rows, so evaluations outweigh checkpoint writes: each evaluation's own
+    runtime, as Trainer logged it, must be inside the time not counted as training."""
+    plan = dataclasses.replace(make_plan(tiny_model_dir, tmp_path / "job"),
+                               eval_rows=sentiment_rows(3000))
+    result = fine_tune(plan, RecordingObserver())
+    state = json.loads((Path(latest_checkpoint(plan.output_dir) or "")
+                        / "trainer_state.json").read_text())
+    evaluations = [entry["eval_runtime"] for entry in state["log_history"]
+                   if "eval_runtime" in entry]
+    assert len(evaluations) >= 2, state["log_history"]
+    assert result.evaluate_and_save_s >= sum(evaluations), (result, evaluations)
+
+
 def test_trainer_draws_training_batches_from_our_sampler(tiny_model_dir: Path,
                                                          tmp_path: Path) -> None:
     """transformers 5 has no public way to give Trainer a sampler, so _ServiceTrainer
