@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
 
+    # MLflow tracking (README, "Tracking with MLflow"): set, each job is a run of this
+    # experiment; unset, mlflow is never imported. Needs the mlflow extra.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "tuneforge"
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'tuneforge.db').resolve()}"

@@ -89,6 +89,8 @@ class FineTuningJob(Base):
     dispatched_at: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The job's MLflow run, when tracking is on: a later attempt goes on logging to it.
+    tracking_run_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class JobEvent(Base):
