@@ -23,6 +23,7 @@ from app.ml.precision import use_bf16
 from app.ml.tasks.base import Row, TaskAdapter
 from app.ml.tasks.catalog import get_task
 from app.ml.training import (
+    TrainingObserver,
     TrainingPlan,
     TrainingResult,
     fine_tune,
@@ -33,6 +34,7 @@ from app.services import registry
 from app.services.files import load_rows
 from app.services.leases import Claim, Heartbeat, claim_job
 from app.services.search_runs import SearchRun, Trial, is_search
+from app.services.tracking import JobTracking, start_tracking, tracked
 from app.storage.artifacts import ArtifactStore, artifact_store
 
 log = logging.getLogger(__name__)
@@ -316,14 +318,16 @@ def _public_message(settings: Settings, exc: Exception) -> str:
 
 
 def _train(settings: Settings, store: ArtifactStore, claim: Claim, heartbeat: Heartbeat,
-           prepared: _Prepared) -> tuple[_Prepared, TrainingResult]:
+           prepared: _Prepared,
+           tracking: JobTracking | None) -> tuple[_Prepared, TrainingResult]:
     """Train the job: one run, or a search's trials (then the winner's plan comes back)."""
     if prepared.search is None:
         observer = JobObserver(settings, claim, heartbeat, prepared.artifact_key)
-        return prepared, fine_tune(prepared.plan, observer)
+        return prepared, fine_tune(prepared.plan, tracked(observer, tracking))
 
-    def observer_for(trial: Trial, folder_key: str) -> JobObserver:
-        return JobObserver(settings, claim, heartbeat, folder_key, trial=trial)
+    def observer_for(trial: Trial, folder_key: str) -> TrainingObserver:
+        observer = JobObserver(settings, claim, heartbeat, folder_key, trial=trial)
+        return tracked(observer, tracking, trial.number)
 
     search = SearchRun(settings, store, claim, prepared.plan, prepared.artifact_key,
                        prepared.profile)
@@ -337,12 +341,18 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
         log.info("job %s is not claimable (finished, cancelled or leased); skipping", job_id)
         return
     store = artifact_store(settings.resolved_artifact_dir)
+    tracking: JobTracking | None = None
     try:
         with session_scope(settings) as session:
-            prepared = _prepare(session, settings, store, session.get_one(FineTuningJob, job_id))
+            job = session.get_one(FineTuningJob, job_id)
+            prepared = _prepare(session, settings, store, job)
+            tracking = start_tracking(settings, claim, job, prepared.plan)
         with Heartbeat(settings, claim) as heartbeat:
-            prepared, result = _train(settings, store, claim, heartbeat, prepared)
+            prepared, result = _train(settings, store, claim, heartbeat, prepared, tracking)
         _record_outcome(settings, store, claim, prepared, result)
     except Exception as exc:  # the job, not the worker, failed: record why and move on
         log.exception("job %s failed", job_id)
         fail(settings, claim, JobFailure("training_failed", _public_message(settings, exc)))
+    finally:
+        if tracking is not None:
+            tracking.close()  # after the outcome: the run ends with the job's status
