@@ -91,6 +91,8 @@ class FineTuningJob(Base):
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The job's MLflow run, when tracking is on: a later attempt goes on logging to it.
     tracking_run_id: Mapped[str | None] = mapped_column(String(64))
+    # Where and how wide it trains ({"queue", "processes"}); None: the default queue, 1 process.
+    compute: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class JobEvent(Base):

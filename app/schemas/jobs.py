@@ -60,6 +60,17 @@ class HyperparametersIn(StrictModel):
         return self
 
 
+QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class ComputeIn(StrictModel):
+    """Where and how wide the job trains: the worker queue (a device class such as `cpu` or
+    `gpu`) and the number of training processes (data parallel, under torchrun)."""
+
+    queue: Annotated[str, Field(pattern=QUEUE_PATTERN)] | None = None
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
+
+
 FileRef = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
@@ -72,8 +83,9 @@ class JobCreate(StrictModel):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]],
                         Field(max_length=16)] | None = None
-    task: Literal["text-classification", "token-classification", "masked-lm",
-                  "causal-lm"] | None = None
+    task: Literal["text-classification", "multi-label-classification",
+                  "token-classification", "masked-lm", "causal-lm"] | None = None
+    compute: ComputeIn | None = None
 
 
 class Progress(BaseModel):
@@ -112,6 +124,7 @@ class JobPublic(BaseModel):
     metrics: dict[str, float] | None
     worker: str | None
     attempt: int
+    compute: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, job: FineTuningJob) -> "JobPublic":
@@ -128,7 +141,7 @@ class JobPublic(BaseModel):
             estimated_finish=stamp(job.estimated_finish) if job.status == "running" else None,
             metadata=job.metadata_, organization_id=job.project_id, task=job.task,
             progress=Progress(**(job.progress or {})), metrics=job.metrics,
-            worker=job.worker, attempt=job.attempt,
+            worker=job.worker, attempt=job.attempt, compute=job.compute,
         )
 
 

@@ -110,6 +110,7 @@ def _new_job(project_id: str, request: JobCreate, task: str, training: DatasetFi
         hyperparameters=hyperparameters, suffix=request.suffix,
         seed=DEFAULT_SEED if request.seed is None else request.seed,
         metadata_=request.metadata, status=JobStatus.QUEUED, created_at=now(), attempt=0,
+        compute=request.compute.model_dump(exclude_none=True) if request.compute else None,
         artifact_key=f"jobs/{uuid.uuid4().hex}", cancel_requested=False,
         pause_requested=False,
     )
