@@ -1,6 +1,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import (
     CallerDep,
@@ -27,7 +28,7 @@ from app.schemas.models import (
     VersionPublic,
 )
 from app.schemas.predict import PredictRequest
-from app.services import registry
+from app.services import export, registry
 
 router = APIRouter(tags=["models"])
 # Predict has a router of its own: it counts rows against its own limit, not requests.
@@ -81,6 +82,19 @@ def delete_model(model_id: ResourceId, session: SessionDep, settings: SettingsDe
 
     after_commit(session, unload)
     return Deleted(id=model_id, object="model")
+
+
+# 409: a base model (shared, not exported), or a model still being trained.
+@router.get("/v1/models/{model_id}/content", response_class=StreamingResponse, responses={
+    **errors(409),
+    200: {"description": "The version as a gzipped tar of one folder: safetensors weights, "
+                         "config.json, tokenizer files, labels.json and a model card.",
+          "content": {export.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
+def get_model_content(model_id: ResourceId, session: SessionDep, settings: SettingsDep,
+                      store: StoreDep, project_id: ProjectDep) -> StreamingResponse:
+    archive = export.export_version(session, settings, store, project_id, model_id)
+    return StreamingResponse(archive.chunks(), media_type=export.MEDIA_TYPE, headers={
+        "Content-Disposition": f'attachment; filename="{archive.filename}"'})
 
 
 # 409: the model is still being trained.
