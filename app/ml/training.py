@@ -5,6 +5,7 @@ our callback adds progress events, cooperative cancel/pause and checkpoint regis
 """
 
 import math
+import os
 import random
 import statistics
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from transformers import (
     AutoTokenizer,
@@ -32,6 +34,12 @@ from transformers import (
 from app.domain.statuses import StopReason
 from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import MANIFEST, latest_complete_checkpoint, write_manifest
+from app.ml.distributed import (
+    agreed_stop,
+    fine_tune_across_processes,
+    gathered_on_first,
+    per_process,
+)
 from app.ml.hyperparameters import Hyperparameters
 from app.ml.precision import use_bf16
 from app.ml.selection import choose_checkpoint
@@ -71,6 +79,9 @@ class TrainingPlan:
     output_dir: Path
     # bf16 autocast where the hardware computes bf16 natively (app/ml/precision.py).
     mixed_precision: bool = True
+    # Training processes, data parallel under torchrun (app/ml/distributed.py); batch_size
+    # is what one step trains on across all of them.
+    processes: int = 1
 
 
 @dataclass
@@ -132,7 +143,9 @@ class _ServiceCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState,
                     control: TrainerControl, **kwargs: Any) -> None:
-        reason = self.observer.stop_requested()
+        # Rank 0 alone hears of stops; every rank stops after the same step.
+        reason = agreed_stop(self.observer.stop_requested() if state.is_world_process_zero
+                             else None)
         if reason:
             self.stop_reason = StopReason(reason)
             control.should_training_stop = True
@@ -150,7 +163,7 @@ class _ServiceCallback(TrainerCallback):
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
-        if "loss" not in logs:
+        if "loss" not in logs or not state.is_world_process_zero:
             return
         elapsed = max(time.monotonic() - self._started, 1e-6)
         steps_done = state.global_step - self.start_step
@@ -170,10 +183,13 @@ class _ServiceCallback(TrainerCallback):
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
         clean = evaluation_metrics(self.task, metrics or {})
         self.eval_by_step[state.global_step] = clean
-        self.observer.on_evaluation(state.global_step, clean)
+        if state.is_world_process_zero:
+            self.observer.on_evaluation(state.global_step, clean)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return  # rank 0 writes the checkpoint's every file (see _save_rng_state)
         directory = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         write_manifest(directory)  # last: only now is the checkpoint whole
         metrics = self.eval_by_step.get(state.global_step, {})
@@ -330,9 +346,33 @@ class _ServiceTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
         dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
         lengths = [len(features["input_ids"]) for features in dataset]
+        # Every rank draws the same order; accelerate deals its batches out in turn. Groups
+        # of one whole step's rows (all ranks') make a step train on the same rows whatever
+        # the number of processes, so a job resumes with any number of them.
         return LengthGroupedSampler(
-            lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            seed=self.args.seed)
+            lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps
+            * self.args.world_size, seed=self.args.seed)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Each rank's random state, written by rank 0 alone (Trainer has every rank write
+        its own file): a resumed run draws the same dropout on every rank."""
+        if self.args.world_size <= 1:
+            super()._save_rng_state(output_dir)
+            return
+        states = gathered_on_first(_rng_states())
+        if states is not None:
+            os.makedirs(output_dir, exist_ok=True)
+            for rank, state in enumerate(states):
+                torch.save(state, os.path.join(output_dir, f"rng_state_{rank}.pth"))
+
+
+def _rng_states() -> dict[str, Any]:
+    """This process's random states, as Trainer saves and restores them."""
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                              "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.random.get_rng_state_all()
+    return states
 
 
 def _training_arguments(plan: TrainingPlan, steps_per_epoch: int,
@@ -344,7 +384,7 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int,
     return TrainingArguments(
         output_dir=str(plan.output_dir),
         num_train_epochs=hp.n_epochs,
-        per_device_train_batch_size=hp.batch_size,
+        per_device_train_batch_size=per_process(hp.batch_size),
         per_device_eval_batch_size=max(hp.batch_size, 64),
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
@@ -395,7 +435,15 @@ class _Run:
 
 
 def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
-    """Train `plan`, resuming from its latest complete checkpoint, reporting to `observer`."""
+    """Train `plan`, resuming from its latest complete checkpoint, reporting to `observer`:
+    in this process, or data parallel across `plan.processes` (app/ml/distributed.py)."""
+    if plan.processes > 1:
+        return fine_tune_across_processes(plan, observer)
+    return train_in_this_process(plan, observer)
+
+
+def train_in_this_process(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
+    """One process's part of training `plan` (under torchrun, one rank's)."""
     tokenizer = AutoTokenizer.from_pretrained(plan.base_model)
     encoded = encode(plan, tokenizer)
     run = _build_run(plan, observer, tokenizer, encoded)

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from app.domain.lifecycle import JobFailure, record_event, transition
 from app.domain.statuses import JobStatus, StopReason
 from app.ids import new_id, now
 from app.ml.base_models import parameter_count, resolve_base_model
+from app.ml.distributed import ProcessesUnavailable, check_processes
 from app.ml.hyperparameters import DataProfile, Hyperparameters, resolve
 from app.ml.precision import use_bf16
 from app.ml.tasks.base import Row, TaskAdapter
@@ -206,10 +208,31 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
                         hyperparameters=chosen_hyperparameters(session, job, profile),
                         seed=job.seed, output_dir=store.local_path(job.artifact_key),
                         mixed_precision=settings.mixed_precision)
+    plan = _across_processes(session, job, plan)
     precision = "bf16 mixed precision" if use_bf16(plan.mixed_precision) else "fp32"
     record_event(session, job.id, f"Training in {precision}.")
     return _Prepared(plan, job.model, job.artifact_key, profile,
                      search={} if is_search(job.hyperparameters) else None)
+
+
+def _processes(job: FineTuningJob) -> int:
+    return int((job.compute or {}).get("processes", 1))
+
+
+def _across_processes(session: Session, job: FineTuningJob, plan: TrainingPlan) -> TrainingPlan:
+    """The plan spread over the job's training processes, each step's batch rounded up to a
+    multiple of them so that every process trains on as many rows."""
+    processes = _processes(job)
+    if processes == 1:
+        return plan
+    hp = plan.hyperparameters
+    batch_size = math.ceil(hp.batch_size / processes) * processes
+    if batch_size != hp.batch_size:
+        record_event(session, job.id, f"Batch size {hp.batch_size} rounded up to {batch_size} "
+                     f"so that {processes} processes share each step evenly.")
+    record_event(session, job.id, f"Training across {processes} processes (data parallel), "
+                 f"{batch_size // processes} rows each per step.")
+    return replace(plan, processes=processes, hyperparameters=replace(hp, batch_size=batch_size))
 
 
 class Superseded(Exception):
@@ -345,11 +368,15 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
     try:
         with session_scope(settings) as session:
             job = session.get_one(FineTuningJob, job_id)
+            # Before anything is prepared: the job needs a worker with more cores or GPUs.
+            check_processes(_processes(job))
             prepared = _prepare(session, settings, store, job)
             tracking = start_tracking(settings, claim, job, prepared.plan)
         with Heartbeat(settings, claim) as heartbeat:
             prepared, result = _train(settings, store, claim, heartbeat, prepared, tracking)
         _record_outcome(settings, store, claim, prepared, result)
+    except ProcessesUnavailable as exc:
+        fail(settings, claim, JobFailure(exc.code, str(exc)))
     except Exception as exc:  # the job, not the worker, failed: record why and move on
         log.exception("job %s failed", job_id)
         fail(settings, claim, JobFailure("training_failed", _public_message(settings, exc)))
