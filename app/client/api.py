@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +80,24 @@ class ServiceClient:
     def list_models(self) -> Any:
         return self._call("GET", "/v1/models")
 
+    def download_model(self, model: str, write: Callable[[bytes], object]) -> str:
+        """Stream a version's archive to `write`; the file name the service gave it."""
+        try:
+            with self._http.stream("GET", f"/v1/models/{model}/content") as response:
+                if response.is_error:
+                    response.read()
+                    raise api_error(response)
+                for chunk in response.iter_bytes():
+                    write(chunk)
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise self._unreachable(exc) from None
+        return archive_filename(response.headers.get("content-disposition", ""), model)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise Unreachable(f"could not reach the Tuneforge service at {self.url} "
-                              f"({_reason(exc)}); is it running? Set --url or "
-                              "TUNEFORGE_URL.") from None
+            raise self._unreachable(exc) from None
         if response.is_error:
             raise api_error(response)
         try:
@@ -92,6 +105,19 @@ class ServiceClient:
         except ValueError:
             raise ClientError(f"{self.url} answered {method} {path} with something other "
                               "than JSON; is it a Tuneforge service?") from None
+
+
+    def _unreachable(self, exc: httpx.TransportError | httpx.InvalidURL) -> Unreachable:
+        return Unreachable(f"could not reach the Tuneforge service at {self.url} "
+                           f"({_reason(exc)}); is it running? Set --url or TUNEFORGE_URL.")
+
+
+def archive_filename(disposition: str, model: str) -> str:
+    """The name in Content-Disposition, reduced to a plain file name in this folder."""
+    match = re.search(r'filename="([^"]*)"', disposition)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(match.group(1) if match else model).name)
+    name = name.strip("-.")
+    return name if name.endswith(".tar.gz") else f"{name or 'model'}.tar.gz"
 
 
 def api_error(response: httpx.Response) -> ApiError:

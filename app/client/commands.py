@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,30 @@ def models_list(client: ServiceClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def models_download(client: ServiceClient, args: argparse.Namespace) -> int:
+    if args.output == "-":
+        client.download_model(args.model, sys.stdout.buffer.write)
+        sys.stdout.buffer.flush()
+        return 0
+    chosen = Path(args.output or ".")
+    into_folder = chosen.is_dir()
+    folder = chosen if into_folder else chosen.parent
+    # Written beside its destination under another name, and renamed once whole: an
+    # interrupted download leaves no file that looks like a model.
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".tuneforge-", suffix=".part",
+                                     delete=False) as part:
+        try:
+            name = client.download_model(args.model, part.write)
+        except BaseException:
+            os.unlink(part.name)
+            raise
+    target = folder / name if into_folder else chosen
+    os.replace(part.name, target)
+    render.err.print(f"Saved {args.model} to {target} ({target.stat().st_size:,} bytes); "
+                     f"`tar xzf {target}` unpacks it.")
+    return 0
+
+
 def show(args: argparse.Namespace, obj: dict[str, Any], fields: tuple[str, ...]) -> int:
     if args.json:
         render.print_json(obj)
@@ -192,6 +217,12 @@ def add_client_commands(commands: Any) -> None:
     models = commands.add_parser("models", help="models on a running service")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     command(models_sub, "list", models_list, "base and fine-tuned models", client)
+    download = command(models_sub, "download", models_download,
+                       "a fine-tuned version as a .tar.gz that transformers loads", client)
+    download.add_argument("model", help="version id, name, or name@alias")
+    download.add_argument("-o", "--output", metavar="FILE",
+                          help="file or folder to save to; '-' writes to stdout (default: "
+                               "the version's name, e.g. ft-sentiment-v1.tar.gz, here)")
 
 
 def add_jobs_commands(commands: Any, client: argparse.ArgumentParser) -> None:

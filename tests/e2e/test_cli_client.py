@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,6 +156,31 @@ def test_predict_from_arguments_and_from_stdin(
     assert [a["label"] for a in alone[0]] == [a["label"] for a in raw[1]]
     assert [a["score"] for a in alone[0]] == pytest.approx([a["score"] for a in raw[1]],
                                                            abs=1e-4)
+
+
+def test_models_download_saves_the_services_archive_and_leaves_nothing_on_failure(
+        cli: Cli, trained: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+    model = f"ft:{SUFFIX}:v1"
+    named = tmp_path / "chosen.tar.gz"
+    done = cli.run("models", "download", model, "-o", str(named))
+    assert done.returncode == 0, describe(done)
+    assert f"Saved {model} to {named}" in done.stderr, describe(done)
+    with cli.service.client() as client:
+        served = client.get(f"/v1/models/{model}/content")
+    assert served.status_code == 200 and named.read_bytes() == served.content
+    with tarfile.open(named, mode="r:gz") as tar:
+        assert f"ft-{SUFFIX}-v1/model.safetensors" in tar.getnames()
+    # Into a folder, under the service's name; to stdout with '-'.
+    assert cli.run("models", "download", SUFFIX, "-o", str(tmp_path)).returncode == 0
+    assert (tmp_path / f"ft-{SUFFIX}-v1.tar.gz").read_bytes() == served.content
+    piped = subprocess.run(cli.command("models", "download", model, "-o", "-"), cwd=cli.cwd,
+                           env=cli.env(), capture_output=True, timeout=120)
+    assert piped.returncode == 0 and piped.stdout == served.content
+    refused = cli.run("models", "download", TINY_MODEL, "-o", str(tmp_path / "base.tar.gz"))
+    assert refused.returncode == 1, describe(refused)
+    assert "409 base_model_not_exportable" in refused.stderr, describe(refused)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chosen.tar.gz",
+                                                          f"ft-{SUFFIX}-v1.tar.gz"]
 
 
 def test_a_job_that_fails_makes_follow_exit_non_zero(cli: Cli, file_id: str) -> None:
