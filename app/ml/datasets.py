@@ -15,6 +15,10 @@ Row = dict[str, Any]
 # Magic numbers of archives and binary formats we refuse outright (gzip, zip, parquet, pickle).
 _BINARY_SIGNATURES = (b"\x1f\x8b", b"PK\x03\x04", b"PAR1", b"\x80\x04", b"\x80\x05")
 
+# CSV cells that hold a list (a multi-label row's labels), and what separates the items: a
+# CSV cell is one string, and `|` seldom appears in a label name. A blank cell is no item.
+CSV_LIST_COLUMNS = {"labels": "|"}
+
 
 def detect_format(filename: str, head: bytes) -> str:
     if head.startswith(_BINARY_SIGNATURES):
@@ -75,9 +79,18 @@ def read_csv(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Row]]:
                 raise DatasetInvalid(f"is longer than {max_line_bytes} bytes", line=line_no)
             # A blank cell stays an empty string: the header names the row's fields, so a
             # blank under `label` is a missing label, not a row of plain text.
-            yield line_no, {k: v for k, v in record.items() if v is not None}
+            yield line_no, {k: _csv_cell(k, v) for k, v in record.items() if v is not None}
     except csv.Error as exc:
         raise DatasetInvalid(f"is not valid CSV ({exc})", line=reader.line_num) from None
+
+
+def _csv_cell(column: str, value: str) -> str | list[str]:
+    separator = CSV_LIST_COLUMNS.get(column)
+    if separator is None:
+        return value
+    # Items keep their text apart from the spaces around them; an empty item stays, so the
+    # task can name it ("a||b" is a mistake, not two labels).
+    return [item.strip() for item in value.split(separator)] if value.strip() else []
 
 
 def _decode_csv(raw: bytes) -> str:

@@ -183,6 +183,8 @@ class _ServiceCallback(TrainerCallback):
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
         clean = evaluation_metrics(self.task, metrics or {})
         self.eval_by_step[state.global_step] = clean
+        if kwargs.get("model") is not None:
+            self.task.keep_for_serving(kwargs["model"], evaluation_tables(metrics or {}))
         if state.is_world_process_zero:
             self.observer.on_evaluation(state.global_step, clean)
 

@@ -17,8 +17,10 @@ SOURCE_ROW = "row"
 
 
 def load_pretrained(auto_class: type[_BaseAutoModelClass], path: str | Path,
-                    labels: list[str] | None = None) -> PreTrainedModel:
-    """Load weights from a directory (safetensors only); labels given = a new head for them."""
+                    labels: list[str] | None = None,
+                    problem_type: str | None = None) -> PreTrainedModel:
+    """Load weights from a directory (safetensors only); labels given = a new head for them,
+    trained for `problem_type` (None: transformers infers it from the labels' type)."""
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if labels is not None:
         kwargs |= {
@@ -27,6 +29,9 @@ def load_pretrained(auto_class: type[_BaseAutoModelClass], path: str | Path,
             "num_labels": len(labels),
             "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)},
+            # Set even when None: a base fine-tuned for another task keeps its problem type
+            # in its config, which would pick the wrong loss for the new head.
+            "problem_type": problem_type,
         }
     model: PreTrainedModel = auto_class.from_pretrained(str(path), **kwargs)
     return model
@@ -97,6 +102,13 @@ class TaskAdapter(ABC):
         """Scores over the evaluation features; `rows[i]` is the dataset row of feature i
         (its SOURCE_ROW), so a task can score whole rows rather than features. A figure
         that is not one number (a confusion matrix) is kept with the version only."""
+
+    def keep_for_serving(self, model: PreTrainedModel, tables: dict[str, Any]) -> None:
+        """After an evaluation, before its checkpoint is saved: put in the model's config
+        what serving needs from that evaluation (multi-label thresholds), so the checkpoint,
+        and a version made from it, carries it in config.json. `tables` holds the
+        evaluation's figures that are not one number."""
+        return None  # most tasks serve from the weights and labels alone
 
     def report(self, metrics: dict[str, float]) -> dict[str, float]:
         """Evaluation metrics as jobs and versions show them (add figures derived from them)."""

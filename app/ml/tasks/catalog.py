@@ -4,20 +4,15 @@ from app.errors import DatasetInvalid, InvalidRequest
 from app.ml.tasks.base import Row, TaskAdapter
 from app.ml.tasks.classification import TextClassification
 from app.ml.tasks.language_modeling import CausalLanguageModeling, MaskedLanguageModeling
+from app.ml.tasks.multi_label import MultiLabelClassification
 from app.ml.tasks.token_classification import TokenClassification
 
 # In detection order: a plain-text row is masked-lm; a job may ask for causal-lm instead.
 TASKS: dict[str, TaskAdapter] = {
     adapter.name: adapter
-    for adapter in (TextClassification(), TokenClassification(), MaskedLanguageModeling(),
-                    CausalLanguageModeling())
+    for adapter in (TextClassification(), MultiLabelClassification(), TokenClassification(),
+                    MaskedLanguageModeling(), CausalLanguageModeling())
 }
-
-# Row shapes the contract names but this release does not train yet; named so the
-# error tells the user what was recognised.
-_KNOWN_SHAPES = (
-    ("multi-label-classification", ("text", "labels")),
-)
 
 
 # What a file of plain-text rows trains (a job may ask for causal-lm instead).
@@ -41,10 +36,7 @@ def detect_task(row: Row, line: int) -> TaskAdapter:
     for adapter in TASKS.values():
         if adapter.matches(row):
             return adapter
-    for name, keys in _KNOWN_SHAPES:
-        if all(key in row for key in keys):
-            raise DatasetInvalid(f"rows look like {name}, which this server does not train yet",
-                                 line=line, code="unsupported_task")
     raise DatasetInvalid("has no recognised row shape; text classification needs 'text' and "
-                         "'label', token classification 'tokens' and 'tags' or 'text' and "
-                         "'entities', continued pretraining 'text' alone", line=line)
+                         "'label', multi-label classification 'text' and 'labels', token "
+                         "classification 'tokens' and 'tags' or 'text' and 'entities', "
+                         "continued pretraining 'text' alone", line=line)
