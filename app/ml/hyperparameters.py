@@ -14,6 +14,9 @@ and the base model, and each choice comes with the reason a job records as an ev
   picked from.
 - early_stopping_patience: stop after PATIENCE evaluations without improvement; 0 sent
   turns early stopping off (the run makes all its steps; the best checkpoint still wins).
+- lora (only when sent): the learning rate is chosen from LORA_LEARNING_RATE_BY_SIZE, ten
+  times a full fine-tune's: the adapters start at zero and are few, so small steps barely
+  move the model in the steps a run has.
 """
 
 import math
@@ -32,6 +35,23 @@ MAX_LENGTH = 128
 # Learning rate by base-model size: (parameters below, learning rate).
 LEARNING_RATE_BY_SIZE = ((50_000_000, 1e-4), (200_000_000, 5e-5))
 LARGE_MODEL_LEARNING_RATE = 2e-5
+# The same for LoRA adapters (the LoRA paper's GLUE runs used 4e-4 to 5e-4 on RoBERTa-base).
+LORA_LEARNING_RATE_BY_SIZE = ((50_000_000, 1e-3), (200_000_000, 5e-4))
+LORA_LARGE_MODEL_LEARNING_RATE = 2e-4
+LORA_BASE_LEARNING_RATE = 5e-4
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Low-rank adapters instead of a full fine-tune: rank, scale (alpha / r) and dropout."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+
+    @classmethod
+    def of(cls, raw: dict[str, Any] | None) -> "LoraSettings | None":
+        return None if raw is None else cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -55,12 +75,16 @@ class Hyperparameters:
     gradient_accumulation_steps: int
     eval_steps: int | None
     early_stopping_patience: int | None
+    # Train LoRA adapters (app/ml/lora.py) rather than every weight; None: a full fine-tune.
+    lora: LoraSettings | None = None
     # Why each automatic value was chosen, in words (recorded as job events; not a setting).
     reasons: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values.pop("reasons")
+        if values["lora"] is None:
+            values.pop("lora")  # a full fine-tune shows no lora at all
         return values
 
 
@@ -93,11 +117,16 @@ def auto_epochs(steps_per_epoch: int) -> tuple[int, str]:
 
 
 def auto_learning_rate(parameters: int | None, total_steps: int,
-                       multiplier: float) -> tuple[float, str]:
-    base = BASE_LEARNING_RATE if parameters is None else next(
-        (rate for below, rate in LEARNING_RATE_BY_SIZE if parameters < below),
-        LARGE_MODEL_LEARNING_RATE)
+                       multiplier: float, lora: bool = False) -> tuple[float, str]:
+    by_size, large, unknown = (
+        (LORA_LEARNING_RATE_BY_SIZE, LORA_LARGE_MODEL_LEARNING_RATE, LORA_BASE_LEARNING_RATE)
+        if lora else (LEARNING_RATE_BY_SIZE, LARGE_MODEL_LEARNING_RATE, BASE_LEARNING_RATE))
+    base = unknown if parameters is None else next(
+        (rate for below, rate in by_size if parameters < below), large)
     why = [_size(parameters)]
+    if lora:
+        why.insert(0, "LoRA adapters (10x a full fine-tune's rate: only the small adapter "
+                      "matrices and the task head train)")
     if total_steps < FEW_STEPS:
         base *= 2
         why.append(f"only {total_steps} optimizer steps (doubled)")
@@ -131,8 +160,10 @@ def resolve(raw: dict[str, Any], profile: DataProfile | int) -> Hyperparameters:
     epochs = int(chosen(_given(raw, "n_epochs"), auto_epochs(steps_per_epoch)))
     total_steps = steps_per_epoch * epochs
     multiplier = float(_given(raw, "learning_rate_multiplier") or 1.0)
+    lora = LoraSettings.of(raw.get("lora"))
     learning_rate = float(chosen(_given(raw, "learning_rate"),
-                                 auto_learning_rate(profile.parameters, total_steps, multiplier)))
+                                 auto_learning_rate(profile.parameters, total_steps, multiplier,
+                                                    lora=lora is not None)))
     eval_steps = chosen(_given(raw, "eval_steps"), auto_eval_steps(total_steps, steps_per_epoch))
     patience = _given(raw, "early_stopping_patience")
     if patience is None:
@@ -152,5 +183,6 @@ def resolve(raw: dict[str, Any], profile: DataProfile | int) -> Hyperparameters:
         gradient_accumulation_steps=accumulation,
         eval_steps=int(eval_steps),
         early_stopping_patience=int(patience),
+        lora=lora,
         reasons=tuple(reasons),
     )

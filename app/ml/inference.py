@@ -1,9 +1,17 @@
 """Serving: loaded model versions (in the precision they serve in), each with its batch
-runner, in an in-process cache bounded by memory."""
+runner, in an in-process cache bounded by memory.
 
+LoRA versions over one base share that base's weights: each has its own module tree (its
+adapters and head), whose base parameters are the very tensors of one `SharedBase`. So each
+version's runner runs its forward passes independently, with nothing to switch between
+versions and no lock, and the base is in memory once, counted once in the cache's budget.
+"""
+
+import json
 import logging
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +20,7 @@ from typing import Any, Literal, cast
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from app.ml.lora import add_adapter
 from app.ml.precision import native_bf16
 from app.ml.serving import BatchLimits, BatchRunner, ServingObserver
 from app.ml.tasks.base import TaskAdapter
@@ -35,6 +44,36 @@ def serving_precision(requested: str) -> Precision:
     return cast(Precision, requested)
 
 
+class SharedBase:
+    """One base model's weights in one precision, shared by reference by the adapter versions
+    over it. The first version's encoder parameters become the shared ones; later versions'
+    encoders are pointed at them (their own copies, just loaded, are then freed)."""
+
+    def __init__(self, source: str, precision: Precision):
+        self.source = source
+        self.precision = precision
+        self.parameters: dict[str, torch.nn.Parameter] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return sum(p.numel() * p.element_size() for p in self.parameters.values())
+
+    def data_pointers(self) -> set[int]:
+        with self._lock:
+            return {p.data_ptr() for p in self.parameters.values()}
+
+    def adopt(self, encoder: torch.nn.Module) -> None:
+        with self._lock:
+            for name, own in list(encoder.named_parameters()):
+                own.requires_grad_(False)
+                shared = self.parameters.setdefault(name, own)
+                if shared is not own and shared.shape == own.shape and shared.dtype == own.dtype:
+                    owner, _, leaf = name.rpartition(".")
+                    setattr(encoder.get_submodule(owner), leaf, shared)
+
+
 @dataclass(eq=False)
 class LoadedModel:
     task: TaskAdapter
@@ -44,6 +83,8 @@ class LoadedModel:
     precision: Precision = "fp32"
     # Started by the cache; a model used directly (tests, benchmarks) needs none.
     runner: BatchRunner | None = field(default=None, repr=False)
+    # An adapter version: the base weights it shares with other versions of that base.
+    base: SharedBase | None = field(default=None, repr=False)
 
     def predict(self, inputs: list[str], parameters: dict[str, Any]) -> list[Any]:
         return self.task.predict(self.model, self.tokenizer, inputs, parameters, self.max_length)
@@ -56,7 +97,8 @@ class LoadedModel:
 
     @property
     def size_bytes(self) -> int:
-        return model_bytes(self.model)
+        """The weights this version holds alone (for an adapter: not its shared base)."""
+        return model_bytes(self.model, self.base.data_pointers() if self.base else set())
 
     def start_runner(self, name: str, limits: BatchLimits,
                      observer: ServingObserver | None = None) -> BatchRunner:
@@ -69,26 +111,48 @@ class LoadedModel:
             self.runner.close()
 
 
-def model_bytes(model: torch.nn.Module) -> int:
+def model_bytes(model: torch.nn.Module, shared: set[int] | None = None) -> int:
     """Memory the weights take: every tensor of the state dict, including quantized linear
-    layers' packed weights, which are not parameters."""
+    layers' packed weights, which are not parameters; tensors at `shared` data pointers
+    (a base shared with other versions) left out."""
     total = 0
     for value in model.state_dict().values():
         for tensor in value if isinstance(value, tuple) else (value,):
-            if isinstance(tensor, torch.Tensor):
+            if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in (shared or ()):
                 total += tensor.numel() * tensor.element_size()
     return total
 
 
 def load_model(task: TaskAdapter, directory: Path, max_length: int,
-               precision: Precision = "fp32") -> LoadedModel:
-    model = task.load_model(directory)
+               precision: Precision = "fp32", base: SharedBase | None = None) -> LoadedModel:
+    """A version ready to serve; with `base`, a LoRA version over that shared base."""
+    if base is not None:
+        return _load_adapter_version(task, directory, max_length, base)
+    model = _ready(task.load_model(directory), precision)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return LoadedModel(task, model, tokenizer, max_length, precision)
+
+
+def _ready(model: PreTrainedModel, precision: Precision) -> PreTrainedModel:
     model.eval()
     if torch.cuda.is_available():
         cast(Any, model).to("cuda")  # transformers types .to() oddly
-    model = _in_precision(model, precision)
+    return _in_precision(model, precision)
+
+
+def _load_adapter_version(task: TaskAdapter, directory: Path, max_length: int,
+                          base: SharedBase) -> LoadedModel:
+    saved = json.loads((directory / "config.json").read_text())
+    id2label = saved.get("id2label") or {}
+    labels = [id2label[str(i)] for i in range(len(id2label))] or None
+    model = _ready(task.load_model(base.source, labels), base.precision)
+    # What the version's config adds to the base's (multi-label thresholds), as trained.
+    for key in saved.keys() - vars(model.config).keys():
+        setattr(model.config, key, saved[key])
+    base.adopt(model.base_model)
+    model = add_adapter(model, directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    return LoadedModel(task, model, tokenizer, max_length, precision)
+    return LoadedModel(task, model, tokenizer, max_length, base.precision, base=base)
 
 
 def _in_precision(model: PreTrainedModel, precision: Precision) -> PreTrainedModel:
@@ -124,11 +188,29 @@ class ModelCache:
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        # Bases shared by loaded adapter versions; one goes once no loaded version holds it.
+        self._bases: weakref.WeakValueDictionary[tuple[str, str], SharedBase] = \
+            weakref.WeakValueDictionary()
 
     @property
     def loaded_bytes(self) -> int:
         with self._lock:
-            return sum(self._sizes.values())
+            return self._held_bytes()
+
+    def _held_bytes(self) -> int:
+        """Each version's own weights, and each base its adapter versions share, once."""
+        bases = {id(m.base): m.base for m in self._models.values() if m.base is not None}
+        return sum(self._sizes.values()) + sum(base.size_bytes for base in bases.values())
+
+    def shared_base(self, source: str) -> SharedBase:
+        """The base adapter versions over `source` share (int8 layers take no adapters:
+        such versions serve in fp32)."""
+        precision: Precision = "fp32" if self.precision == "int8" else self.precision
+        with self._lock:
+            base = self._bases.get((source, precision))
+            if base is None:
+                base = self._bases[(source, precision)] = SharedBase(source, precision)
+            return base
 
     def keys(self) -> list[str]:
         """Loaded versions, least recently used first."""
@@ -144,7 +226,9 @@ class ModelCache:
                 self.observer.cache_hit()
             return loaded
 
-    def get(self, key: str, task: TaskAdapter, directory: Path, max_length: int) -> LoadedModel:
+    def get(self, key: str, task: TaskAdapter, directory: Path, max_length: int,
+            base_source: str | None = None) -> LoadedModel:
+        """The loaded version `key`; `base_source`: a LoRA version over that base model."""
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -158,7 +242,8 @@ class ModelCache:
                     self._loading.pop(key, None)
                     self.observer.cache_hit()
                     return self._models[key]
-            loaded = load_model(task, directory, max_length, self.precision)
+            base = self.shared_base(base_source) if base_source else None
+            loaded = load_model(task, directory, max_length, self.precision, base)
             loaded.start_runner(key, self.limits, self.observer)
             self.observer.model_loaded()
             with self._lock:
@@ -166,7 +251,7 @@ class ModelCache:
                 self._sizes[key] = loaded.size_bytes
                 self._loading.pop(key, None)
                 evicted = self._over_budget()
-                self.observer.cache_holds(sum(self._sizes.values()))
+                self.observer.cache_holds(self._held_bytes())
             for old in evicted:
                 self.observer.model_evicted()
                 old.close()
@@ -176,7 +261,7 @@ class ModelCache:
         """Pop least recently used models until within budget (the newest always stays)."""
         evicted = []
         while len(self._models) > 1 and (
-                sum(self._sizes.values()) > self.budget_bytes
+                self._held_bytes() > self.budget_bytes
                 or (self.max_models is not None and len(self._models) > self.max_models)):
             key, old = self._models.popitem(last=False)
             del self._sizes[key]
@@ -197,6 +282,6 @@ class ModelCache:
         with self._lock:
             loaded = self._models.pop(key, None)
             self._sizes.pop(key, None)
-            self.observer.cache_holds(sum(self._sizes.values()))
+            self.observer.cache_holds(self._held_bytes())
         if loaded is not None:
             loaded.close()

@@ -41,6 +41,7 @@ from app.ml.distributed import (
     per_process,
 )
 from app.ml.hyperparameters import Hyperparameters
+from app.ml.lora import finish_checkpoint, is_adapter_model, with_adapters
 from app.ml.precision import use_bf16
 from app.ml.selection import choose_checkpoint
 from app.ml.tasks.base import SOURCE_ROW, Row, TaskAdapter
@@ -193,6 +194,8 @@ class _ServiceCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return  # rank 0 writes the checkpoint's every file (see _save_rng_state)
         directory = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        if is_adapter_model(kwargs.get("model")):
+            finish_checkpoint(kwargs["model"], directory)
         write_manifest(directory)  # last: only now is the checkpoint whole
         metrics = self.eval_by_step.get(state.global_step, {})
         self.observer.on_checkpoint(state.global_step, state.epoch or 0.0, metrics, directory)
@@ -474,7 +477,9 @@ def _build_run(plan: TrainingPlan, observer: TrainingObserver,
     hp = plan.hyperparameters
     # Seeded before the new head is initialised, so the same seed gives the same model.
     set_seed(plan.seed)
-    model = plan.task.load_model(plan.base_model, plan.labels)
+    model: torch.nn.Module = plan.task.load_model(plan.base_model, plan.labels)
+    if hp.lora is not None:
+        model = with_adapters(model, hp.lora, plan.task.name)
     samples_per_step = hp.batch_size * hp.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(encoded.train) / samples_per_step))
     bf16 = use_bf16(plan.mixed_precision)

@@ -3,6 +3,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from app.db.models import FineTuningJob, JobCheckpoint, JobEvent, SearchTrial
+from app.ml.lora import check_task
 from app.schemas.common import NO_NUL, StrictModel
 
 Auto = Literal["auto"]
@@ -36,6 +37,15 @@ class SearchIn(StrictModel):
     space: SearchSpaceIn | None = None
 
 
+class LoraIn(StrictModel):
+    """Train low-rank adapters (LoRA) instead of every weight: rank `r`, scale `alpha / r`,
+    dropout on the adapters' input. The version holds the adapter and the task head only."""
+
+    r: Annotated[int, Field(ge=1, le=256)] = 8
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
 class HyperparametersIn(StrictModel):
     n_epochs: Annotated[int, Field(ge=1, le=50)] | Auto | None = None
     batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto | None = None
@@ -48,6 +58,7 @@ class HyperparametersIn(StrictModel):
     eval_steps: Annotated[int, Field(ge=1)] | None = None
     early_stopping_patience: Annotated[int, Field(ge=0, le=100)] | None = None
     search: SearchIn | None = None
+    lora: LoraIn | None = None
 
     @model_validator(mode="after")
     def _searched_or_fixed(self) -> "HyperparametersIn":
@@ -86,6 +97,13 @@ class JobCreate(StrictModel):
     task: Literal["text-classification", "multi-label-classification",
                   "token-classification", "masked-lm", "causal-lm"] | None = None
     compute: ComputeIn | None = None
+
+    @model_validator(mode="after")
+    def _lora_for_its_tasks(self) -> "JobCreate":
+        # A task detected from the file is checked when the job trains (app/ml/lora.py).
+        if self.task and self.hyperparameters and self.hyperparameters.lora:
+            check_task(self.task)
+        return self
 
 
 class Progress(BaseModel):

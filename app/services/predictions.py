@@ -15,10 +15,9 @@ from app.errors import InvalidRequest, PayloadTooLarge
 from app.ml.inference import LoadedModel, ModelCache
 from app.ml.serving import BatchLimits, RunnerClosed, ServingObserver
 from app.ml.tasks.catalog import get_task
-from app.services import ratelimit
+from app.services import ratelimit, registry
 from app.services.expiring import ExpiringCache
 from app.services.keys import Principal
-from app.services.registry import resolve_version
 from app.storage.artifacts import ArtifactStore
 
 DEFAULT_MAX_LENGTH = 128
@@ -32,12 +31,14 @@ class ServedVersion:
     task: str
     storage_key: str
     max_length: int
+    # A LoRA version: where its base model's weights are (it holds only its adapter).
+    base_source: str | None = None
 
     @classmethod
-    def of(cls, version: ModelVersion) -> "ServedVersion":
+    def of(cls, version: ModelVersion, base_source: str | None = None) -> "ServedVersion":
         hyperparameters = version.lineage.get("hyperparameters", {})
         return cls(version.id, version.task, version.storage_key,
-                   int(hyperparameters.get("max_length") or DEFAULT_MAX_LENGTH))
+                   int(hyperparameters.get("max_length") or DEFAULT_MAX_LENGTH), base_source)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,11 @@ class Predictor:
 
     def _resolve_now(self, project_id: str, ref: str) -> ServedVersion:
         with session_factory(self.settings)() as session:
-            return ServedVersion.of(resolve_version(session, project_id, ref))
+            version = registry.resolve_version(session, project_id, ref)
+            base = registry.model_source(session, self.settings, self.store, project_id,
+                                         version.base_model) \
+                if registry.is_adapter_version(version) else None
+            return ServedVersion.of(version, base)
 
     async def loaded(self, version: ServedVersion) -> LoadedModel:
         """A hot model at once; a cold one loads in a thread, so hot ones keep serving."""
@@ -111,7 +116,8 @@ class Predictor:
         if loaded is None:
             loaded = await asyncio.to_thread(
                 self.models.get, version.storage_key, get_task(version.task),
-                self.store.local_path(version.storage_key), version.max_length)
+                self.store.local_path(version.storage_key), version.max_length,
+                version.base_source)
         return loaded
 
     @staticmethod

@@ -8,11 +8,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob, ModelAlias, ModelVersion, RegisteredModel
 from app.db.session import after_commit
 from app.domain.statuses import TERMINAL
 from app.errors import Conflict, InvalidRequest, ModelNotReady, NotFound
 from app.ids import now
+from app.ml.base_models import resolve_base_model
 from app.storage.artifacts import ArtifactStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -67,6 +69,35 @@ def resolve_version(session: Session, project_id: str, ref: str) -> ModelVersion
     raise NotFound(f"No model '{ref}'.", param="model")
 
 
+def is_adapter_version(version: ModelVersion) -> bool:
+    """A LoRA version: it holds an adapter and a head, and serves over its base model."""
+    return bool(version.lineage.get("hyperparameters", {}).get("lora"))
+
+
+def model_source(session: Session, settings: Settings, store: ArtifactStore, project_id: str,
+                 ref: str) -> str:
+    """Where a model's whole weights are: one of the project's versions, or a base model.
+    An adapter version has none of its own, so it cannot be the base of another job."""
+    version = find_version(session, project_id, ref)
+    if version is None:
+        return resolve_base_model(ref, settings.resolved_models_dir,
+                                  settings.allow_network).source
+    if is_adapter_version(version):
+        raise InvalidRequest(f"Model '{ref}' is a LoRA adapter of '{version.base_model}'; start "
+                             "the job from that base model, or from a full fine-tune.",
+                             param="model", code="adapter_as_base")
+    return str(store.local_path(version.storage_key))
+
+
+def _pinned_base(session: Session, job: FineTuningJob, base_model: str) -> str:
+    """An adapter's base as a version id, not a name or alias that may later name another
+    version: the adapter only fits the weights it was trained on."""
+    if not job.hyperparameters.get("lora"):
+        return base_model
+    version = find_version(session, job.project_id, base_model)
+    return version.id if version is not None else base_model
+
+
 def register_version(session: Session, store: ArtifactStore, job: FineTuningJob,
                      checkpoint: Path, labels: list[str], metrics: dict[str, Any],
                      base_model: str) -> ModelVersion:
@@ -88,7 +119,8 @@ def register_version(session: Session, store: ArtifactStore, job: FineTuningJob,
     store.put_tree(checkpoint, key)
     version = ModelVersion(
         id=version_id(name, number), project_id=job.project_id, registered_model_id=model.id,
-        version=number, job_id=job.id, base_model=base_model, task=job.task, labels=labels,
+        version=number, job_id=job.id, base_model=_pinned_base(session, job, base_model),
+        task=job.task, labels=labels,
         metrics=metrics, storage_key=key, created_at=now(),
         lineage={
             "base_model": job.model, "job": job.id, "hyperparameters": job.hyperparameters,
@@ -100,6 +132,15 @@ def register_version(session: Session, store: ArtifactStore, job: FineTuningJob,
     session.add(version)
     session.flush()
     return version
+
+
+def _check_no_adapters_on(session: Session, version: ModelVersion) -> None:
+    adapters = session.scalars(select(ModelVersion.id).where(
+        ModelVersion.project_id == version.project_id,
+        ModelVersion.base_model == version.id)).all()
+    if adapters:
+        raise Conflict(f"LoRA versions {', '.join(adapters)} serve over '{version.id}'; delete "
+                       "them first.", param="model", code="base_of_adapters")
 
 
 def list_versions(session: Session, project_id: str) -> Sequence[ModelVersion]:
@@ -161,6 +202,7 @@ def delete_version(session: Session, store: ArtifactStore, project_id: str,
             raise Conflict("Delete a specific version id (ft:name:vN), not a name or alias.",
                            param="model")
         raise NotFound(f"No fine-tuned model '{ref}'.", param="model")
+    _check_no_adapters_on(session, version)
     for alias in session.scalars(select(ModelAlias).where(ModelAlias.version_pk == version.pk)):
         session.delete(alias)
     session.delete(version)

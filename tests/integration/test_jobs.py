@@ -250,9 +250,30 @@ def test_queued_job_has_no_checkpoints(client: TestClient, training_file: str) -
                     "last_id": None}
 
 
-def test_lora_is_refused_until_it_is_built(client: TestClient, training_file: str) -> None:
-    # Not in the spec either: an option the spec lists is one the service accepts.
-    assert "lora" not in str(client.get("/openapi.json").json()["components"])
+def test_lora_is_stored_with_its_defaults_and_in_the_spec(client: TestClient,
+                                                          training_file: str) -> None:
+    assert "LoraIn" in client.get("/openapi.json").json()["components"]["schemas"]
+    job = create(client, training_file, hyperparameters={"lora": {"r": 4}})
+    assert job["hyperparameters"] == {"lora": {"r": 4, "alpha": 16, "dropout": 0.1}}
+    assert create(client, training_file, hyperparameters={"lora": {}})["hyperparameters"] == \
+        {"lora": {"r": 8, "alpha": 16, "dropout": 0.1}}
+
+
+@pytest.mark.parametrize("lora,param", [
+    ({"r": 0}, "hyperparameters.lora.r"), ({"r": 257}, "hyperparameters.lora.r"),
+    ({"dropout": 1.0}, "hyperparameters.lora.dropout"), ({"r": "8"}, "hyperparameters.lora.r"),
+    ({"rank": 8}, "hyperparameters.lora.rank"), (True, "hyperparameters.lora"),
+])
+def test_lora_out_of_range_is_refused(client: TestClient, training_file: str,
+                                      lora: Any, param: str) -> None:
     response = client.post(JOBS, json={"model": BASE_MODEL, "training_file": training_file,
-                                       "hyperparameters": {"lora": {"r": 8}}})
-    assert_error(response, 422, "invalid_request", "hyperparameters.lora")
+                                       "hyperparameters": {"lora": lora}})
+    assert_error(response, 422, "invalid_request", param)
+
+
+def test_lora_for_continued_pretraining_is_refused(client: TestClient) -> None:
+    text = upload_rows(client, [{"text": f"plain sentence {i}"} for i in range(20)],
+                       filename="text.jsonl")["id"]
+    response = client.post(JOBS, json={"model": BASE_MODEL, "training_file": text,
+                                       "task": "masked-lm", "hyperparameters": {"lora": {}}})
+    assert_error(response, 422, "lora_unsupported", "hyperparameters.lora", "masked-lm")
