@@ -1,6 +1,6 @@
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import (
@@ -84,6 +84,13 @@ def delete_model(model_id: ResourceId, session: SessionDep, settings: SettingsDe
     return Deleted(id=model_id, object="model")
 
 
+# A LoRA version: merged into its base (a plain model), or its adapter alone (for peft).
+ExportFormat = Annotated[Literal["merged", "adapter"], Query(
+    description="LoRA versions: `merged` (default) folds the adapter into its base model; "
+                "`adapter` sends the adapter and head alone. A full fine-tune is always "
+                "`merged`.")]
+
+
 # 409: a base model (shared, not exported), or a model still being trained.
 @router.get("/v1/models/{model_id}/content", response_class=StreamingResponse, responses={
     **errors(409),
@@ -91,8 +98,9 @@ def delete_model(model_id: ResourceId, session: SessionDep, settings: SettingsDe
                          "config.json, tokenizer files, labels.json and a model card.",
           "content": {export.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
 def get_model_content(model_id: ResourceId, session: SessionDep, settings: SettingsDep,
-                      store: StoreDep, project_id: ProjectDep) -> StreamingResponse:
-    archive = export.export_version(session, settings, store, project_id, model_id)
+                      store: StoreDep, project_id: ProjectDep,
+                      format: ExportFormat = "merged") -> StreamingResponse:
+    archive = export.export_version(session, settings, store, project_id, model_id, format)
     return StreamingResponse(archive.chunks(), media_type=export.MEDIA_TYPE, headers={
         "Content-Disposition": f'attachment; filename="{archive.filename}"'})
 

@@ -7,7 +7,6 @@ version's runner runs its forward passes independently, with nothing to switch b
 versions and no lock, and the base is in memory once, counted once in the cache's budget.
 """
 
-import json
 import logging
 import threading
 import warnings
@@ -20,7 +19,7 @@ from typing import Any, Literal, cast
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from app.ml.lora import add_adapter
+from app.ml.lora import add_adapter, base_with_head
 from app.ml.precision import native_bf16
 from app.ml.serving import BatchLimits, BatchRunner, ServingObserver
 from app.ml.tasks.base import TaskAdapter
@@ -142,13 +141,7 @@ def _ready(model: PreTrainedModel, precision: Precision) -> PreTrainedModel:
 
 def _load_adapter_version(task: TaskAdapter, directory: Path, max_length: int,
                           base: SharedBase) -> LoadedModel:
-    saved = json.loads((directory / "config.json").read_text())
-    id2label = saved.get("id2label") or {}
-    labels = [id2label[str(i)] for i in range(len(id2label))] or None
-    model = _ready(task.load_model(base.source, labels), base.precision)
-    # What the version's config adds to the base's (multi-label thresholds), as trained.
-    for key in saved.keys() - vars(model.config).keys():
-        setattr(model.config, key, saved[key])
+    model = _ready(base_with_head(task, base.source, directory), base.precision)
     base.adopt(model.base_model)
     model = add_adapter(model, directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)

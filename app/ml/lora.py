@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 
 from app.errors import InvalidRequest
 from app.ml.hyperparameters import LoraSettings
+from app.ml.tasks.base import TaskAdapter
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -119,6 +120,18 @@ def finish_checkpoint(model: Any, directory: Path) -> None:
 def adapter_settings(directory: Path) -> dict[str, Any]:
     config: dict[str, Any] = json.loads((directory / ADAPTER_CONFIG).read_text())
     return config
+
+
+def base_with_head(task: TaskAdapter, base_source: str, directory: Path) -> PreTrainedModel:
+    """The base model with a head for an adapter version's labels, its config completed with
+    what the version's config adds to the base's (multi-label thresholds): what the adapter
+    and its saved head are then read into."""
+    saved = json.loads((directory / "config.json").read_text())
+    id2label = saved.get("id2label") or {}
+    model = task.load_model(base_source, [id2label[str(i)] for i in range(len(id2label))] or None)
+    for key in saved.keys() - vars(model.config).keys():
+        setattr(model.config, key, saved[key])
+    return model
 
 
 def _with_version_adapter(model: PreTrainedModel, directory: Path) -> Any:

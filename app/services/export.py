@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -22,8 +23,16 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import ModelVersion
-from app.errors import Conflict
+from app.errors import Conflict, InvalidRequest
 from app.ml.base_models import local_base_models
+from app.ml.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    adapter_settings,
+    base_with_head,
+    merged,
+)
+from app.ml.tasks.catalog import get_task
 from app.services import registry
 from app.storage.artifacts import ArtifactStore
 
@@ -90,8 +99,10 @@ def archive_name(version_id: str) -> str:
 
 
 def export_version(session: Session, settings: Settings, store: ArtifactStore,
-                   project_id: str, ref: str) -> Export:
-    """The archive of a project's version named by id, `name` or `name@alias`."""
+                   project_id: str, ref: str, format: str = "merged") -> Export:
+    """The archive of a project's version named by id, `name` or `name@alias`. A LoRA version
+    exports merged into its base (`format="merged"`: a plain transformers model) or as its
+    adapter alone (`format="adapter"`: for peft, over the base model)."""
     version = registry.find_version(session, project_id, ref)
     if version is None and ref in local_base_models(settings.resolved_models_dir):
         raise Conflict("Base models are shared and not exported; export a fine-tuned "
@@ -101,11 +112,50 @@ def export_version(session: Session, settings: Settings, store: ArtifactStore,
         version = registry.resolve_version(session, project_id, ref)  # 404, or 409 training
     parent = registry.find_version(session, project_id, version.base_model)
     files = ExitStack()
-    members = version_files(store.local_path(version.storage_key), files)
+    members = weights(session, settings, store, version, files, format)
+    card = model_card(version, parent) + (adapter_note(version) if format == "adapter" else "")
     members += [Member.of_text("labels.json", label_map(version.labels)),
-                Member.of_text("README.md", model_card(version, parent))]
+                Member.of_text("README.md", card)]
     name = archive_name(version.id)
     return Export(f"{name}.tar.gz", name, members, files, int(version.created_at))
+
+
+def weights(session: Session, settings: Settings, store: ArtifactStore,
+            version: ModelVersion, files: ExitStack, format: str) -> list[Member]:
+    """The model files of the archive, each opened now."""
+    folder = store.local_path(version.storage_key)
+    if not registry.is_adapter_version(version):
+        if format == "adapter":
+            raise InvalidRequest(f"'{version.id}' is a full fine-tune, not a LoRA adapter; "
+                                 "export it with format=merged.", param="format",
+                                 code="not_an_adapter")
+        return version_files(folder, files)
+    if format == "adapter":
+        return adapter_files(folder, version, files)
+    base = registry.model_source(session, settings, store, version.project_id,
+                                 version.base_model)
+    return merged_files(folder, base, version, files)
+
+
+def adapter_files(folder: Path, version: ModelVersion, files: ExitStack) -> list[Member]:
+    """The adapter, its head and the version's config and tokenizer, the adapter's config
+    naming the base by its id here rather than by this server's path of it."""
+    settings = {**adapter_settings(folder), "base_model_name_or_path": version.base_model}
+    return [Member.of_text(ADAPTER_CONFIG, json.dumps(settings, indent=2)),
+            *version_files(folder, files)]
+
+
+def merged_files(folder: Path, base: str, version: ModelVersion,
+                 files: ExitStack) -> list[Member]:
+    """The base with the adapter folded in, written to a scratch folder and opened there
+    (open files outlive the folder), with the version's tokenizer."""
+    model = merged(base_with_head(get_task(version.task), base, folder), folder)
+    with tempfile.TemporaryDirectory(prefix="tuneforge-merge-") as scratch:
+        model.save_pretrained(scratch, safe_serialization=True)
+        members = version_files(Path(scratch), files)
+    return members + [m for m in version_files(folder, files)
+                      if m.name not in {member.name for member in members}
+                      and m.name not in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)]
 
 
 def version_files(folder: Path, files: ExitStack) -> list[Member]:
@@ -117,6 +167,21 @@ def version_files(folder: Path, files: ExitStack) -> list[Member]:
                 members.append(Member.of_open_file(path.name, files.enter_context(
                     path.open("rb"))))
     return members
+
+
+def adapter_note(version: ModelVersion) -> str:
+    auto_class, _ = AUTO_CLASSES.get(version.task, ("AutoModel", version.task))
+    name = archive_name(version.id)
+    return "\n".join([
+        "", "## LoRA adapter", "",
+        f"This folder holds a LoRA adapter and its task head, to be loaded over the base "
+        f"model `{version.base_model}` with peft (`?format=merged` downloads the two merged "
+        "into one plain model):", "", "```python", "from peft import PeftModel",
+        f"from transformers import {auto_class}", "", "labels = "
+        f"{json.dumps(version.labels)}",
+        f"base = {auto_class}.from_pretrained(\"<{version.base_model}>\", "
+        "num_labels=len(labels))",
+        f'model = PeftModel.from_pretrained(base, "{name}")', "```", ""])
 
 
 def label_map(labels: list[str]) -> str:
