@@ -26,7 +26,7 @@ CHATTY_LOGGERS = ("alembic", "celery.worker.consumer.connection", "httpx")
 
 
 # The options that are settings: each is written to TUNEFORGE_<NAME> when given.
-SETTING_OPTIONS = ("data_dir", "host", "port")
+SETTING_OPTIONS = ("data_dir", "host", "port", "queues", "worker_queues")
 
 
 def apply_settings_options(args: argparse.Namespace) -> None:
@@ -184,12 +184,15 @@ def worker(args: argparse.Namespace) -> None:
         sys.exit("tuneforge worker: the database schema is not at the latest migration; "
                  "run `tuneforge db upgrade` first.")
     app = create_celery(settings)
+    queues = ",".join(settings.listened_queues)
+    log.info("worker taking jobs from queues: %s", queues)
     # One job at a time, in this process (solo pool): SIGTERM reaches the training loop
     # directly, so the job checkpoints and re-queues. Scale with more worker processes.
     # --quiet drops the start-up banner: the worker's "ready." line says it is up.
     app.worker_main(["--quiet", "worker", "--loglevel=INFO", "--pool=solo",
                      # The filesystem transport has no broadcast; no worker needs gossip here.
                      "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "--queues", queues,
                      "-n", f"tuneforge-{os.getpid()}@%h"])
 
 
@@ -211,10 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="default 8000 (TUNEFORGE_PORT)")
     serve_cmd.add_argument("--no-worker", action="store_true",
                            help="run the API only; workers run elsewhere")
+    serve_cmd.add_argument("--queues", metavar="NAMES",
+                           help="worker queues jobs may name, comma-separated; the first takes "
+                                "jobs that name none (TUNEFORGE_QUEUES; default 'default')")
     serve_cmd.set_defaults(func=serve)
     worker_cmd = commands.add_parser("worker", help="run a training worker", parents=[common])
     worker_cmd.add_argument("--exit-with-parent", type=int, metavar="PID",
                             help=argparse.SUPPRESS)
+    worker_cmd.add_argument("--queues", dest="worker_queues", metavar="NAMES",
+                            help="take jobs from these queues, comma-separated, e.g. gpu,default "
+                                 "(TUNEFORGE_WORKER_QUEUES; default: all of TUNEFORGE_QUEUES)")
     worker_cmd.set_defaults(func=worker)
     db_cmd = commands.add_parser("db", help="database maintenance")
     db_sub = db_cmd.add_subparsers(dest="db_command", required=True)

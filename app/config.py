@@ -1,11 +1,15 @@
 """The one settings object. Every option is an environment variable with the TUNEFORGE_ prefix."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The names a job's `compute.queue` may take (app/schemas/jobs.py).
+QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 class Settings(BaseSettings):
@@ -82,6 +86,11 @@ class Settings(BaseSettings):
     # A job still queued this long after its message was sent is sent again: a broker
     # restarted without persistence loses messages. Extra copies are harmless (claims).
     redispatch_seconds: float = 300.0
+    # Worker queues (README, "Queues and scaling workers"), comma-separated. `queues`: those a
+    # job may name in compute.queue (others are refused); the first takes jobs that name
+    # none. `worker_queues`: those a worker takes jobs from; unset, all of `queues`.
+    queues: Annotated[list[str], NoDecode] = ["default"]
+    worker_queues: Annotated[list[str] | None, NoDecode] = None
 
     # Prometheus figures at GET /metrics, without a key (README, "Metrics"); false removes
     # the route. The processes of one host share their counters through files in a folder
@@ -109,6 +118,30 @@ class Settings(BaseSettings):
     # experiment; unset, mlflow is never imported. Needs the mlflow extra.
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "tuneforge"
+
+    @field_validator("queues", "worker_queues", mode="before")
+    @classmethod
+    def _queue_names(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names and info.field_name == "worker_queues":
+            return None  # set but empty: as if unset
+        bad = [name for name in names if not QUEUE_NAME.match(name)]
+        if bad or not names:
+            raise ValueError(f"queue names are lower-case letters, digits, '_' and '-', "
+                             f"comma-separated; got {value!r}")
+        return names
+
+    @property
+    def default_queue(self) -> str:
+        """Where a job that names no queue goes."""
+        return self.queues[0]
+
+    @property
+    def listened_queues(self) -> list[str]:
+        """The queues this process takes jobs from, if it is a worker."""
+        return self.worker_queues or self.queues
 
     @property
     def resolved_database_url(self) -> str:

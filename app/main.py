@@ -31,8 +31,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     celery = create_celery(settings)
 
-    def send(job_id: str) -> None:
-        celery.send_task(TRAIN_TASK, args=[job_id])
+    def send(job_id: str, queue: str) -> None:
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
     app.state.store = artifact_store(settings.resolved_artifact_dir)
     app.state.send = send

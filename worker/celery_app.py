@@ -37,6 +37,8 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         # A Python exception is recorded as a failed job in the DB: final, never redelivered.
         task_acks_on_failure_or_timeout=True,
+        # A message sent without a queue goes where jobs that name none go.
+        task_default_queue=settings.default_queue,
         # Reserve nothing beyond the job being trained; others stay free for other workers.
         worker_prefetch_multiplier=1,
         # If run with a prefork pool: a fresh process per job returns all the memory a

@@ -68,6 +68,7 @@ def create_job(session: Session, settings: Settings, project_id: str, request: J
     existing = _replay(session, project_id, idempotency_key, digest)
     if existing is not None:
         return existing, False
+    _check_queue(settings, request)
     _check_capacity(session, settings, project_id)
     training, validation = _job_files(session, project_id, request)
     task = _job_task(request, training, validation)
@@ -75,6 +76,15 @@ def create_job(session: Session, settings: Settings, project_id: str, request: J
     job = _new_job(project_id, request, task, training, validation)
     job.idempotency_key, job.request_hash = idempotency_key, digest
     return _insert(session, job)
+
+
+def _check_queue(settings: Settings, request: JobCreate) -> None:
+    """A job may only name a queue this deployment offers: elsewhere no worker would take it."""
+    queue = request.compute.queue if request.compute else None
+    if queue is not None and queue not in settings.queues:
+        raise InvalidRequest(f"No worker queue '{queue}' here; this deployment offers "
+                             f"{', '.join(settings.queues)} (TUNEFORGE_QUEUES).",
+                             param="compute.queue", code="unknown_queue")
 
 
 def _job_files(session: Session, project_id: str,

@@ -23,18 +23,31 @@ from app.ids import now
 from app.services.jobs import jobs_to_dispatch, mark_dispatched
 
 log = logging.getLogger(__name__)
-Send = Callable[[str], None]
+# Sends a job id to the broker, on the named worker queue.
+Send = Callable[[str, str], None]
 
 
 def dispatch(session: Session, settings: Settings, job_id: str, send: Send) -> None:
-    """Send the job to the broker once this session has committed it: a worker given the
+    """Send the job to its queue once this session has committed it: a worker given the
     id must find the job in the database."""
-    after_commit(session, lambda: _send(settings, job_id, send))
+    queue = job_queue(settings, session.get_one(FineTuningJob, job_id))
+    after_commit(session, lambda: _send(settings, job_id, queue, send))
 
 
-def _send(settings: Settings, job_id: str, send: Send) -> None:
+def job_queue(settings: Settings, job: FineTuningJob) -> str:
+    """The queue the job's compute request names, else the deployment's default queue."""
+    queue = str((job.compute or {}).get("queue") or settings.default_queue)
+    if queue not in settings.queues:
+        # Accepted when the deployment offered it; sent there still, for a worker that may
+        # listen on it, rather than trained on hardware the job did not ask for.
+        log.warning("job %s asks for queue %r, which TUNEFORGE_QUEUES no longer lists",
+                    job.id, queue)
+    return queue
+
+
+def _send(settings: Settings, job_id: str, queue: str, send: Send) -> None:
     try:
-        send(job_id)
+        send(job_id, queue)
     except Exception:  # broker down: the sweep retries; the client still gets its job
         log.warning("could not send job %s to the broker; will retry", job_id, exc_info=True)
         return
