@@ -1,4 +1,5 @@
-# One image for the API and the workers; docker-compose.yml picks the command.
+# One image for the API and the workers; docker-compose.yml picks the command (and builds
+# worker-gpu with TORCH_INDEX set to the CUDA wheels).
 FROM python:3.11-slim
 
 # CPU wheels by default. For CUDA: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126
