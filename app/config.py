@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     broker_url: str | None = None
     artifact_dir: Path | None = None
+    # s3://bucket/prefix: artifacts in an S3-compatible bucket (boto3 reads the endpoint and
+    # credentials from AWS_*), artifact_dir then being this machine's cache. Unset: the folder.
+    artifact_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}"
+                                                           r"[a-z0-9](/[A-Za-z0-9_./-]*)?$")
     models_dir: Path | None = None
     allow_network: bool = Field(
         default=False, description="Allow base models given as hub ids to be downloaded."

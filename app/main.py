@@ -34,7 +34,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     def send(job_id: str, queue: str) -> None:
         celery.send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
-    app.state.store = artifact_store(settings.resolved_artifact_dir)
+    app.state.store = artifact_store(settings.resolved_artifact_dir, settings.artifact_url)
     app.state.send = send
     app.state.broker_ok = lambda: broker_reachable(celery)
     app.state.rate_limiter = rate_limiter(settings)

@@ -1,7 +1,8 @@
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
@@ -44,11 +45,16 @@ def get_file(file_id: ResourceId, session: SessionDep, project_id: ProjectDep) -
     "content": {"application/jsonl": {"schema": {"type": "string"}},
                 "text/csv": {"schema": {"type": "string"}}}}})
 def get_file_content(file_id: ResourceId, session: SessionDep, store: StoreDep,
-                     project_id: ProjectDep) -> FileResponse:
+                     project_id: ProjectDep) -> Response:
     record = files.get_file(session, project_id, file_id)
     media = "application/jsonl" if record.format == "jsonl" else "text/csv"
-    return FileResponse(store.local_path(record.storage_key), media_type=media,
-                        filename=record.filename)
+    content = files.file_content(store, record)
+    if isinstance(content, Path):
+        return FileResponse(content, media_type=media, filename=record.filename)
+    # The stored name holds only [A-Za-z0-9._ -]: safe inside the quotes as it is.
+    return StreamingResponse(content, media_type=media, headers={
+        "Content-Length": str(record.bytes),
+        "Content-Disposition": f'attachment; filename="{record.filename}"'})
 
 
 # 409: a job's lineage still needs the file.

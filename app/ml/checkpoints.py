@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "tuneforge-manifest.json"
@@ -63,3 +64,27 @@ def latest_complete_checkpoint(output_dir: Path) -> Path | None:
         if is_complete(path):
             return path
     return None
+
+
+def upload_order(directory: Path) -> list[Path]:
+    """A checkpoint's files in the order a copy elsewhere must be written: the manifest last,
+    so a reader of the copy that finds the manifest finds every file it names."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = directory / MANIFEST
+    return files + ([manifest] if manifest.is_file() else [])
+
+
+def whole_remote_checkpoints(names: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
+    """Checkpoints among the object names of a copied run folder, by the folder that holds
+    them (`""` for the run itself, `trial-3` for a search trial): (step, folder), newest
+    first. A checkpoint is whole when its manifest is there, since the manifest goes last."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        folder, _, leaf = name.rpartition("/")
+        if leaf != MANIFEST or not folder:
+            continue
+        run, _, checkpoint = folder.rpartition("/")
+        step = checkpoint_step(Path(checkpoint))
+        if step is not None:
+            found.setdefault(run, []).append((step, folder))
+    return {run: sorted(entries, reverse=True) for run, entries in found.items()}

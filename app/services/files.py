@@ -4,7 +4,7 @@ import hashlib
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -111,7 +111,7 @@ def create_file(session: Session, settings: Settings, store: ArtifactStore, proj
     if purpose != "fine-tune":
         raise InvalidRequest("purpose must be 'fine-tune'.", param="purpose")
     display_name = _SAFE_NAME.sub("_", filename or "upload")[-255:]
-    spool_dir = store.local_path("tmp")
+    spool_dir = store.work_dir("tmp")
     spool_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=spool_dir, delete=False) as tmp:
         spool = Path(tmp.name)
@@ -160,6 +160,12 @@ def delete_file(session: Session, store: ArtifactStore, project_id: str, file_id
     session.flush()
     # Files go once the row is gone for good: a failed commit leaves both in place.
     after_commit(session, lambda: store.delete(record.storage_key))
+
+
+def file_content(store: ArtifactStore, record: DatasetFile) -> Path | Iterator[bytes]:
+    """The file as uploaded: its local copy where this machine has one, else streamed from
+    the store (a bucket), never held whole in memory."""
+    return store.cached_path(record.storage_key) or store.chunks(record.storage_key)
 
 
 def load_rows(store: ArtifactStore, record: DatasetFile) -> list[Row]:

@@ -58,8 +58,10 @@ class JobObserver:
     CHECKPOINT_PATIENCE_S = 600.0
 
     def __init__(self, settings: Settings, claim: Claim, heartbeat: Heartbeat, artifact_key: str,
-                 trial: Trial | None = None):
+                 trial: Trial | None = None, store: ArtifactStore | None = None):
         self.settings = settings
+        # Where each checkpoint is published once whole (a bucket: uploaded, manifest last).
+        self.store = store
         self.claim = claim
         self.heartbeat = heartbeat
         self.artifact_key = artifact_key
@@ -111,6 +113,9 @@ class JobObserver:
 
     def on_checkpoint(self, step: int, epoch: float, metrics: dict[str, float],
                       directory: Path) -> None:
+        if self.store is not None:  # published before it is registered: resuming may need it
+            self.store.put_checkpoint(directory, f"{self.artifact_key}/{directory.name}")
+
         def write(session: Session) -> None:
             if self._job(session) is None:
                 return
@@ -202,7 +207,7 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
     plan = TrainingPlan(task=task, base_model=source, train_rows=train_rows,
                         eval_rows=eval_rows, labels=task.labels(train_rows),
                         hyperparameters=chosen_hyperparameters(session, job, profile),
-                        seed=job.seed, output_dir=store.local_path(job.artifact_key),
+                        seed=job.seed, output_dir=store.work_dir(job.artifact_key),
                         mixed_precision=settings.mixed_precision)
     plan = _across_processes(session, job, plan)
     precision = "bf16 mixed precision" if use_bf16(plan.mixed_precision) else "fp32"
@@ -341,11 +346,11 @@ def _train(settings: Settings, store: ArtifactStore, claim: Claim, heartbeat: He
            tracking: JobTracking | None) -> tuple[_Prepared, TrainingResult]:
     """Train the job: one run, or a search's trials (then the winner's plan comes back)."""
     if prepared.search is None:
-        observer = JobObserver(settings, claim, heartbeat, prepared.artifact_key)
+        observer = JobObserver(settings, claim, heartbeat, prepared.artifact_key, store=store)
         return prepared, fine_tune(prepared.plan, tracked(observer, tracking))
 
     def observer_for(trial: Trial, folder_key: str) -> TrainingObserver:
-        observer = JobObserver(settings, claim, heartbeat, folder_key, trial=trial)
+        observer = JobObserver(settings, claim, heartbeat, folder_key, trial=trial, store=store)
         return tracked(observer, tracking, trial.number)
 
     search = SearchRun(settings, store, claim, prepared.plan, prepared.artifact_key,
@@ -359,7 +364,7 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
     if claim is None:
         log.info("job %s is not claimable (finished, cancelled or leased); skipping", job_id)
         return
-    store = artifact_store(settings.resolved_artifact_dir)
+    store = artifact_store(settings.resolved_artifact_dir, settings.artifact_url)
     tracking: JobTracking | None = None
     try:
         with session_scope(settings) as session:
@@ -369,6 +374,8 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
             prepared = _prepare(session, settings, store, job)
             tracking = start_tracking(settings, claim, job, prepared.plan)
         with Heartbeat(settings, claim) as heartbeat:
+            # Another machine may have trained it so far: its checkpoints come here first.
+            store.fetch_checkpoints(prepared.artifact_key)
             prepared, result = _train(settings, store, claim, heartbeat, prepared, tracking)
         _record_outcome(settings, store, claim, prepared, result)
     except ProcessesUnavailable as exc:

@@ -1,23 +1,66 @@
-"""Where datasets, checkpoints and model versions live. Keys are server-made, never client ids."""
+"""Where datasets, checkpoints and model versions live. Keys are server-made, never client ids.
+
+`TUNEFORGE_ARTIFACT_URL` unset: a folder (`LocalArtifactStore`), shared by every machine
+through a mount if there are several. Set to `s3://bucket/prefix`: an S3-compatible bucket
+(`app/storage/s3.py`), each machine keeping a local cache in the artifact folder.
+"""
 
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
+
+CHUNK = 1024 * 1024
 
 
 class ArtifactStore(Protocol):
     def new_key(self, kind: str) -> str: ...
 
     def local_path(self, key: str) -> Path:
-        """A local path for the artifact (a cache for remote stores)."""
+        """A local path for the artifact (a cache for remote stores, filled on first use)."""
+        ...
+
+    def work_dir(self, key: str) -> Path:
+        """A local folder to write the artifact's files into (a job's checkpoints); never
+        filled from elsewhere."""
+        ...
+
+    def cached_path(self, key: str) -> Path | None:
+        """The artifact's local copy if this machine has one, without fetching it."""
+        ...
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        """A file artifact's bytes, a chunk at a time."""
         ...
 
     def put_file(self, source: Path, key: str) -> None: ...
 
     def put_tree(self, source: Path, key: str) -> None: ...
 
+    def put_checkpoint(self, directory: Path, key: str) -> None:
+        """Publish a checkpoint just written under work_dir: its manifest last."""
+        ...
+
+    def fetch_checkpoints(self, key: str) -> None:
+        """Bring a job's checkpoints that this machine lacks into work_dir(key): whatever
+        resuming and choosing the version need."""
+        ...
+
     def delete(self, key: str) -> None: ...
+
+
+def read_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
+def remove_local(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class LocalArtifactStore:
@@ -27,7 +70,7 @@ class LocalArtifactStore:
         self.root = root.resolve()
 
     def new_key(self, kind: str) -> str:
-        return f"{kind}/{uuid.uuid4().hex}"
+        return new_key(kind)
 
     def local_path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -35,6 +78,15 @@ class LocalArtifactStore:
         if not path.is_relative_to(self.root):
             raise ValueError("artifact key escapes the artifact root")
         return path
+
+    def work_dir(self, key: str) -> Path:
+        return self.local_path(key)
+
+    def cached_path(self, key: str) -> Path | None:
+        return self.local_path(key)
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        return read_chunks(self.local_path(key))
 
     def put_file(self, source: Path, key: str) -> None:
         target = self.local_path(key)
@@ -49,14 +101,27 @@ class LocalArtifactStore:
         # A rename is atomic: readers see no version or a complete one.
         staging.rename(target)
 
+    def put_checkpoint(self, directory: Path, key: str) -> None:
+        if directory.resolve() != self.local_path(key):
+            self.put_tree(directory, key)
+
+    def fetch_checkpoints(self, key: str) -> None:
+        """Every machine sees the one folder: nothing to fetch."""
+
     def delete(self, key: str) -> None:
-        path = self.local_path(key)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        remove_local(self.local_path(key))
 
 
-def artifact_store(root: Path) -> ArtifactStore:
+def new_key(kind: str) -> str:
+    return f"{kind}/{uuid.uuid4().hex}"
+
+
+def artifact_store(root: Path, url: str | None = None) -> ArtifactStore:
+    """The store: the folder `root`, or with `url` (s3://bucket/prefix) that bucket, with
+    `root` as this machine's cache."""
     root.mkdir(parents=True, exist_ok=True)
+    if url:
+        from app.storage.s3 import S3ArtifactStore  # boto3 is only needed with a bucket
+
+        return S3ArtifactStore.from_url(url, root)
     return LocalArtifactStore(root)
