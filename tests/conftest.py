@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.live import data_root, read_jsonl
+from tests.s3 import S3Bucket, S3Server, new_bucket
 
 PG_ADMIN_URL = os.environ.get("TUNEFORGE_TEST_PG_ADMIN_URL",
                               "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -102,3 +103,20 @@ def redis_url() -> Iterator[str]:
         yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
     finally:
         redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number, socket_timeout=5).flushdb()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto S3 server (tests/s3.py) for the session; only tests that ask for it start it."""
+    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> S3Bucket:
+    """An empty bucket of this test's own on the moto server."""
+    return new_bucket(s3_server)

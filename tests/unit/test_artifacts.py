@@ -1,4 +1,5 @@
-"""The local artifact store: keys stay inside the root; trees appear whole or not at all."""
+"""The local artifact store: keys stay inside the root; trees appear whole or not at all. And
+the parts of the bucket store that need no server: its URLs, keys and checkpoint order."""
 
 import os
 import re
@@ -6,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from app.ml.checkpoints import (
+    MANIFEST,
+    is_complete,
+    upload_order,
+    whole_remote_checkpoints,
+    write_manifest,
+)
 from app.storage.artifacts import LocalArtifactStore, artifact_store
+from app.storage.s3 import check_key, parse_url
 
 
 @pytest.fixture
@@ -109,3 +118,61 @@ def test_delete_file_tree_and_missing(store: LocalArtifactStore, tmp_path: Path)
     assert not store.local_path(file_key).exists()
     assert not store.local_path(tree_key).exists()
     store.delete(store.new_key("files"))  # nothing there: no error
+
+
+def test_local_store_serves_and_streams_in_place(store: LocalArtifactStore,
+                                                 tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * (3 * 1024 * 1024 + 5))
+    key = store.new_key("files")
+    store.put_file(tmp_path / "f", key)
+    assert store.cached_path(key) == store.local_path(key) == store.work_dir(key)
+    chunks = list(store.chunks(key))
+    assert [len(c) for c in chunks] == [1024 * 1024] * 3 + [5]
+
+
+def test_local_store_checkpoints_are_already_in_place(store: LocalArtifactStore,
+                                                      tmp_path: Path) -> None:
+    run = store.work_dir("jobs/j1")
+    folder = make_tree(run / "checkpoint-5")
+    write_manifest(folder)
+    before = sorted(p.name for p in run.iterdir())
+    store.put_checkpoint(folder, "jobs/j1/checkpoint-5")  # written there: nothing to do
+    store.fetch_checkpoints("jobs/j1")
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert is_complete(store.local_path("jobs/j1/checkpoint-5"))
+    # Written elsewhere: copied in whole.
+    store.put_checkpoint(make_tree(tmp_path / "elsewhere"), "jobs/j1/checkpoint-6")
+    assert (run / "checkpoint-6" / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_upload_order_puts_the_manifest_last(tmp_path: Path) -> None:
+    folder = make_tree(tmp_path / "checkpoint-3")
+    (folder / "z.json").write_text("{}")
+    write_manifest(folder)
+    order = [p.relative_to(folder).as_posix() for p in upload_order(folder)]
+    assert order == ["model.safetensors", "sub/config.json", "z.json", MANIFEST]
+    (folder / MANIFEST).unlink()
+    assert MANIFEST not in [p.name for p in upload_order(folder)]
+
+
+def test_whole_remote_checkpoints_are_those_with_a_manifest() -> None:
+    names = ["checkpoint-10/model.safetensors", f"checkpoint-10/{MANIFEST}",
+             f"checkpoint-20/{MANIFEST}", "checkpoint-30/model.safetensors",
+             f"trial-1/checkpoint-4/{MANIFEST}", f"notes/{MANIFEST}", MANIFEST,
+             f"checkpoint-x/{MANIFEST}"]
+    assert whole_remote_checkpoints(names) == {
+        "": [(20, "checkpoint-20"), (10, "checkpoint-10")],
+        "trial-1": [(4, "trial-1/checkpoint-4")]}
+
+
+@pytest.mark.parametrize("url,expected", [("s3://bucket", ("bucket", "")),
+                                          ("s3://my.bucket-1/a/b/", ("my.bucket-1", "a/b"))])
+def test_s3_urls_name_a_bucket_and_a_prefix(url: str, expected: tuple[str, str]) -> None:
+    assert parse_url(url) == expected
+
+
+@pytest.mark.parametrize("key", ["..", "a/../b", "/abs", "a//b", ".hidden", "a/b c", ""])
+def test_s3_keys_must_be_plain_relative_names(key: str) -> None:
+    with pytest.raises(ValueError, match="escapes"):
+        check_key(key)
+    assert check_key("jobs/j1/trial-0/checkpoint-5/tuneforge-manifest.json")
