@@ -70,7 +70,8 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
                           if getattr(args, name) is not None}}
     body = {"model": args.model, "training_file": args.training_file,
             "validation_file": args.validation_file, "suffix": args.suffix, "seed": args.seed,
-            "task": args.task, "hyperparameters": hyperparameters or None}
+            "task": args.task, "hyperparameters": hyperparameters or None,
+            "compute": {"queue": args.queue} if args.queue else None}
     return {name: value for name, value in body.items() if value is not None}
 
 
@@ -251,6 +252,8 @@ def add_create_command(jobs_sub: Any, client: argparse.ArgumentParser,
     create.add_argument("--suffix", help="name of the model the job registers")
     create.add_argument("--seed", type=int)
     create.add_argument("--task", help="instead of the task detected from the rows")
+    create.add_argument("--queue", help="the worker queue to train on, e.g. gpu (compute.queue; "
+                                        "default: the service's default queue)")
     create.add_argument("--hyperparameters", type=json_object, metavar="JSON",
                         help="a JSON object; the options below win over it")
     for name, kind in HYPERPARAMETERS.items():

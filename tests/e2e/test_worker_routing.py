@@ -5,7 +5,11 @@ worker is free first: the job's `worker` field (host:pid) says which trained it.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +26,18 @@ def start_worker(service: LiveService, name: str, queues: str) -> LiveProcess:
     service.processes.append(worker)
     worker.start()
     return worker
+
+
+def create_with_cli(service: LiveService, file_id: str, *options: str) -> dict[str, Any]:
+    """`tuneforge jobs create` as a user runs it; the job it made."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "jobs", "create", "--url", service.base_url,
+         "--api-key", service.api_key, "--training-file", file_id, "--model", TINY_MODEL,
+         "--n-epochs", "1", "--batch-size", "8", "--json", *options],
+        cwd=service.root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stdout}\n{done.stderr}"
+    job: dict[str, Any] = json.loads(done.stdout)
+    return job
 
 
 def worker_pid(job: dict[str, object]) -> int:
@@ -43,8 +59,7 @@ def test_a_job_trains_on_a_worker_of_the_queue_it_names(
             file_id = upload_jsonl(client, "rows.jsonl", sentiment_rows(40))["id"]
             body = {"model": TINY_MODEL, "training_file": file_id,
                     "hyperparameters": {"n_epochs": 1, "batch_size": 8}}
-            on_gpu = expect(client.post("/v1/fine_tuning/jobs", json={
-                **body, "suffix": "on-gpu", "compute": {"queue": "gpu"}}), 201)
+            on_gpu = create_with_cli(service, file_id, "--suffix", "on-gpu", "--queue", "gpu")
             plain = expect(client.post("/v1/fine_tuning/jobs",
                                        json={**body, "suffix": "plain"}), 201)
             on_gpu = wait_for_job(service, client, on_gpu["id"], timeout_s=180)
