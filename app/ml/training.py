@@ -390,6 +390,10 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int,
         output_dir=str(plan.output_dir),
         num_train_epochs=hp.n_epochs,
         per_device_train_batch_size=per_process(hp.batch_size),
+        # On: across processes, Trainer multiplies each loss by their number, expecting the
+        # model to divide by the tokens of all of them; our classifiers average their own
+        # batch, so losses (and the losses jobs report) came out that many times too big.
+        average_tokens_across_devices=False,
         per_device_eval_batch_size=max(hp.batch_size, 64),
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
