@@ -200,26 +200,34 @@ def lineage(version: ModelVersion, parent: ModelVersion | None) -> dict[str, Any
 
 
 def model_card(version: ModelVersion, parent: ModelVersion | None) -> str:
-    auto_class, pipeline = AUTO_CLASSES.get(version.task, ("AutoModel", version.task))
-    scalars = {k: v for k, v in version.metrics.items() if isinstance(v, int | float)}
-    tables = {k: v for k, v in version.metrics.items() if k not in scalars}
-    lines = ["---", "library_name: transformers", f"pipeline_tag: {pipeline}",
-             "tags:", "- tuneforge", f"- {version.task}", "---", "",
-             f"# {version.id}", "",
-             f"A {version.task} model fine-tuned with Tuneforge from `{version.base_model}`.",
-             "", "```python", f"from transformers import {auto_class}, AutoTokenizer", "",
-             f'model = {auto_class}.from_pretrained("{archive_name(version.id)}")',
-             f'tokenizer = AutoTokenizer.from_pretrained("{archive_name(version.id)}")',
-             "```", "", "## Metrics", "", "On the validation rows, at the checkpoint that "
-             "became this version.", "", "| metric | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value:.4g} |" for name, value in scalars.items()]
+    """README.md of the archive: how to load it, its metrics and where it came from."""
     # Values users chose (file names) go in JSON blocks: nothing in them can end a block.
-    lines += ["", "## Lineage", "", "```json",
-              json.dumps(lineage(version, parent), indent=2), "```"]
-    if tables:
-        lines += ["", "## Metric tables", "", "```json", json.dumps(tables, indent=2), "```"]
-    lines += ["", f"Labels: see `labels.json` ({len(version.labels)}).", ""]
+    lines = [*_card_usage(version), *_card_metrics(version.metrics), "", "## Lineage", "",
+             "```json", json.dumps(lineage(version, parent), indent=2), "```", "",
+             f"Labels: see `labels.json` ({len(version.labels)}).", ""]
     return "\n".join(lines)
+
+
+def _card_usage(version: ModelVersion) -> list[str]:
+    auto_class, pipeline = AUTO_CLASSES.get(version.task, ("AutoModel", version.task))
+    folder = archive_name(version.id)
+    return ["---", "library_name: transformers", f"pipeline_tag: {pipeline}", "tags:",
+            "- tuneforge", f"- {version.task}", "---", "", f"# {version.id}", "",
+            f"A {version.task} model fine-tuned with Tuneforge from `{version.base_model}`.",
+            "", "```python", f"from transformers import {auto_class}, AutoTokenizer", "",
+            f'model = {auto_class}.from_pretrained("{folder}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{folder}")', "```", ""]
+
+
+def _card_metrics(metrics: dict[str, Any]) -> list[str]:
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    tables = {k: v for k, v in metrics.items() if k not in scalars}
+    lines = ["## Metrics", "", "On the validation rows, at the checkpoint that became this "
+             "version.", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.4g} |" for name, value in scalars.items()]
+    if tables:  # confusion matrix, scores per entity type
+        lines += ["", "```json", json.dumps(tables, indent=2), "```"]
+    return lines
 
 
 def tar_gz(folder: str, members: Iterable[Member], mtime: int = 0) -> Iterator[bytes]:
