@@ -71,6 +71,7 @@ def publish_spec(app: FastAPI, settings: Settings) -> None:
             declare_errors(schema)
             declare_file_parts(schema)
             declare_predict_limits(schema, settings)
+            declare_queues(schema, settings)
             published[:] = [schema]
         return schema
 
@@ -149,3 +150,16 @@ def declare_predict_limits(schema: dict[str, Any], settings: Settings) -> None:
             variant["maxLength"] = settings.max_predict_chars
     inputs["description"] = (f"One text, or a list of at most {settings.max_predict_inputs}; "
                              f"at most {settings.max_predict_chars} characters in all.")
+
+
+def declare_queues(schema: dict[str, Any], settings: Settings) -> None:
+    """The worker queues a job may name, as this deployment offers them (422 for others)."""
+    compute = schema["components"]["schemas"].get("ComputeIn")
+    if compute is None:
+        return
+    queue = compute["properties"]["queue"]
+    for variant in queue.get("anyOf", [queue]):
+        if variant.get("type") == "string":
+            variant["enum"] = list(settings.queues)
+    queue["description"] = (f"The worker queue to train on: one of {', '.join(settings.queues)}"
+                            f"; none: {settings.default_queue}.")

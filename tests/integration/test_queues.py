@@ -56,3 +56,7 @@ def test_each_job_is_sent_to_its_queue_at_creation_and_by_the_sweep(
         assert sent_messages(settings) == at_creation
         sweep_once(settings, client.app.state.send)  # type: ignore[attr-defined]
         assert sent_messages(settings) == at_creation + at_creation
+        # The spec lists the queues this deployment offers, so clients see them.
+        queue = client.get("/openapi.json").json()["components"]["schemas"]["ComputeIn"][
+            "properties"]["queue"]
+        assert {"type": "string", "enum": ["cpu", "gpu"]}.items() <= queue["anyOf"][0].items()
