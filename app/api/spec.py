@@ -154,12 +154,12 @@ def declare_predict_limits(schema: dict[str, Any], settings: Settings) -> None:
 
 def declare_queues(schema: dict[str, Any], settings: Settings) -> None:
     """The worker queues a job may name, as this deployment offers them (422 for others)."""
-    compute = schema["components"]["schemas"].get("ComputeIn")
-    if compute is None:
-        return
-    queue = compute["properties"]["queue"]
-    for variant in queue.get("anyOf", [queue]):
-        if variant.get("type") == "string":
+    compute = schema["components"]["schemas"].get("ComputeIn", {})
+    queue = compute.get("properties", {}).get("queue")
+    if queue is not None:
+        names = [variant for variant in queue.get("anyOf", [queue])
+                 if variant.get("type") == "string"]
+        for variant in names:
             variant["enum"] = list(settings.queues)
-    queue["description"] = (f"The worker queue to train on: one of {', '.join(settings.queues)}"
-                            f"; none: {settings.default_queue}.")
+        queue["description"] = (f"The worker queue to train on: one of "
+                                f"{', '.join(settings.queues)}; none: {settings.default_queue}.")
