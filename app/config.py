@@ -126,9 +126,10 @@ class Settings(BaseSettings):
     @field_validator("queues", "worker_queues", mode="before")
     @classmethod
     def _queue_names(cls, value: object, info: ValidationInfo) -> object:
-        if not isinstance(value, str):
-            return value
-        names = [name.strip() for name in value.split(",") if name.strip()]
+        given = value.split(",") if isinstance(value, str) else value
+        if not isinstance(given, list | tuple):
+            return value  # None, or a type pydantic refuses itself
+        names = [str(name).strip() for name in given if str(name).strip()]
         if not names and info.field_name == "worker_queues":
             return None  # set but empty: as if unset
         bad = [name for name in names if not QUEUE_NAME.match(name)]

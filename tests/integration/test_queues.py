@@ -9,7 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from app.config import Settings
 from app.services.outbox import sweep_once
@@ -60,3 +62,29 @@ def test_each_job_is_sent_to_its_queue_at_creation_and_by_the_sweep(
         queue = client.get("/openapi.json").json()["components"]["schemas"]["ComputeIn"][
             "properties"]["queue"]
         assert {"type": "string", "enum": ["cpu", "gpu"]}.items() <= queue["anyOf"][0].items()
+
+
+@pytest.mark.parametrize(("queues", "worker_queues", "default", "listened"), [
+    (None, None, "default", ["default"]),
+    ("cpu,gpu", None, "cpu", ["cpu", "gpu"]),
+    (" gpu , cpu ", "gpu", "gpu", ["gpu"]),
+    ("cpu", "", "cpu", ["cpu"]),  # set but empty: as if unset
+])
+def test_queue_settings_read_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, queues: str | None, worker_queues: str | None,
+        default: str, listened: list[str]) -> None:
+    for name, value in (("TUNEFORGE_QUEUES", queues), ("TUNEFORGE_WORKER_QUEUES", worker_queues)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.default_queue, settings.listened_queues) == (default, listened)
+
+
+@pytest.mark.parametrize("queues", ["", "GPU", "cpu;gpu", "a" * 33])
+def test_a_queue_name_a_job_could_not_name_is_refused_at_start(
+        monkeypatch: pytest.MonkeyPatch, queues: str) -> None:
+    monkeypatch.setenv("TUNEFORGE_QUEUES", queues)
+    with pytest.raises(ValidationError, match="queue names"):
+        Settings()
