@@ -482,6 +482,7 @@ def _build_run(plan: TrainingPlan, observer: TrainingObserver,
     # Seeded before the new head is initialised, so the same seed gives the same model.
     set_seed(plan.seed)
     model: torch.nn.Module = plan.task.load_model(plan.base_model, plan.labels)
+    plan.task.prepare_head(model, encoded.train)
     if hp.lora is not None:
         model = with_adapters(model, hp.lora, plan.task.name)
     samples_per_step = hp.batch_size * hp.gradient_accumulation_steps

@@ -118,6 +118,18 @@ def test_thresholds_maximise_each_labels_f1_and_fall_back_to_half() -> None:
     assert thresholds[2] == 0.5
 
 
+def test_a_label_the_model_cannot_tell_apart_keeps_half() -> None:
+    # One positive in ten, scored like the rest: only marking every row finds it (F1 2/11).
+    probs = np.array([[0.05], [0.06], [0.04], [0.07], [0.05], [0.06], [0.03], [0.05],
+                      [0.04], [0.06]])
+    gold = np.zeros((10, 1), dtype=bool)
+    gold[2] = True
+    assert tune_thresholds(probs, gold)[0] == 0.5
+    # Scored apart from the rest, the same positive gets its own threshold.
+    probs[2] = 0.2
+    assert tune_thresholds(probs, gold)[0] == pytest.approx(0.2)
+
+
 def test_metrics_micro_macro_and_per_label_table() -> None:
     probs = np.array([[0.9, 0.6], [0.1, 0.7], [0.8, 0.2], [0.2, 0.1]])
     gold = np.array([[1, 1], [0, 0], [0, 1], [0, 0]], dtype=bool)
@@ -153,6 +165,18 @@ def test_a_single_label_version_as_base_gets_a_multi_label_head(tiny_model_dir: 
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         out.logits, torch.tensor([[1.0, 0.0]]))
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_new_head_starts_each_label_at_its_share_of_the_rows(tiny_model_dir: Path) -> None:
+    model = TASK.load_model(tiny_model_dir, ["neg", "pos"])
+    features = [{"labels": [1.0, 0.0]}] + [{"labels": [0.0, 0.0]}] * 6 + [{"labels": [1.0, 1.0]}]
+    TASK.prepare_head(model, features)
+    # Smoothed shares: neg (2 + 1) / (8 + 2), pos (1 + 1) / (8 + 2).
+    assert torch.sigmoid(model.classifier.bias).tolist() == pytest.approx([0.3, 0.2])
+    # A head that is not new (continued training) keeps its biases.
+    model.classifier.bias.data = torch.tensor([0.7, -0.4])
+    TASK.prepare_head(model, features)
+    assert model.classifier.bias.tolist() == pytest.approx([0.7, -0.4])
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,11 @@ class TaskAdapter(ABC):
         (its SOURCE_ROW), so a task can score whole rows rather than features. A figure
         that is not one number (a confusion matrix) is kept with the version only."""
 
+    def prepare_head(self, model: Any, train: list[Features]) -> None:
+        """Before training: set up a new head from the training features (multi-label: each
+        label's bias at its prior log-odds)."""
+        return None  # most tasks train the head as transformers initialises it
+
     def keep_for_serving(self, model: PreTrainedModel, tables: dict[str, Any]) -> None:
         """After an evaluation, before its checkpoint is saved: put in the model's config
         what serving needs from that evaluation (multi-label thresholds), so the checkpoint,

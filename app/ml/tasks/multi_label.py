@@ -31,6 +31,11 @@ DEFAULT_THRESHOLD = 0.5
 # Candidate thresholds: fine steps, low ones included, since a rare label's scores stay low
 # for much of a run and 0.5 would never select it.
 THRESHOLD_GRID = np.round(np.arange(0.02, 0.99, 0.02), 2)
+# F1 rewards marking every row with a label the model cannot yet tell apart (a 5% label
+# scores 0.095 that way), so the lowest threshold often wins for such a label, and serving
+# would then flag it on nearly every input. A tuned threshold must beat that F1 by this much;
+# otherwise the label keeps 0.5.
+MIN_GAIN_OVER_ALL_POSITIVE = 0.1
 
 
 def _label_list(row: Row, line: int) -> list[str]:
@@ -65,13 +70,17 @@ def f1_scores(predicted: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarray]:
 
 def tune_thresholds(probs: np.ndarray, gold: np.ndarray) -> np.ndarray:
     """Each label's threshold: the grid value with the best F1 on these rows (ties go to the
-    value nearest 0.5); 0.5 for a label with no positive row, where F1 says nothing."""
+    value nearest 0.5); 0.5 for a label with no positive row, where F1 says nothing, and for
+    one whose best F1 is barely that of marking every row (MIN_GAIN_OVER_ALL_POSITIVE)."""
     predicted = probs[:, :, None] >= THRESHOLD_GRID[None, None, :]
     f1 = f1_scores(predicted, gold[:, :, None])["f1"]  # (labels, grid)
     nearest_half_first = np.argsort(np.abs(THRESHOLD_GRID - DEFAULT_THRESHOLD), kind="stable")
     best = nearest_half_first[np.argmax(f1[:, nearest_half_first], axis=1)]
     thresholds = THRESHOLD_GRID[best].astype(float)
-    thresholds[gold.sum(axis=0) == 0] = DEFAULT_THRESHOLD
+    positives = gold.sum(axis=0)
+    all_positive_f1 = 2 * positives / (positives + len(gold)) if len(gold) else positives
+    uninformed = f1.max(axis=1) < all_positive_f1 + MIN_GAIN_OVER_ALL_POSITIVE
+    thresholds[(positives == 0) | uninformed] = DEFAULT_THRESHOLD
     return thresholds
 
 
@@ -156,6 +165,23 @@ class MultiLabelClassification(TaskAdapter):
         gold = np.asarray(label_ids) > 0.5
         return multi_label_metrics(probs, gold, tune_thresholds(probs, gold), labels)
 
+    def prepare_head(self, model: Any, train: list[Features]) -> None:
+        """A new head starts every label at 0.5, far above a typical label's share of the
+        rows; BCE then spends the first hundreds of steps pushing every score down, and a
+        short run ends before learning anything else. Starting each label's bias at its
+        log-odds in the training rows (smoothed, so no label is certain) skips that phase.
+        A head that is not new (continued training) keeps its biases."""
+        if not train:
+            return
+        head = _output_layer(model, len(train[0]["labels"]))
+        if head is None or head.bias is None or torch.count_nonzero(head.bias):
+            return
+        counts = np.sum([feature["labels"] for feature in train], axis=0)
+        prior = (counts + 1.0) / (len(train) + 2.0)
+        with torch.no_grad():
+            head.bias.copy_(torch.as_tensor(np.log(prior / (1.0 - prior)),
+                                            dtype=head.bias.dtype))
+
     def keep_for_serving(self, model: PreTrainedModel, tables: dict[str, Any]) -> None:
         table = tables.get("per_label")
         if table:
@@ -179,6 +205,15 @@ class MultiLabelClassification(TaskAdapter):
                 results[i] = [_scored_label(id2label[int(j)], float(s), thresholds[int(j)])
                               for s, j in zip(scores, idx, strict=True)]
         return results
+
+
+def _output_layer(model: torch.nn.Module, n_labels: int) -> torch.nn.Linear | None:
+    """The head's last linear layer: the one giving a score per label."""
+    found = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == n_labels:
+            found = module
+    return found
 
 
 def _scored_label(label: str, score: float, threshold: float) -> dict[str, Any]:
