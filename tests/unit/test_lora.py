@@ -21,6 +21,7 @@ from app.ml.lora import (
     merged,
     with_adapters,
 )
+from app.ml.search import LEARNING_RATE_SPREAD, search_plan, trial_hyperparameters
 from app.ml.tasks.classification import TextClassification
 from app.ml.tasks.token_classification import TokenClassification
 from app.ml.training import TrainingPlan, fine_tune, latest_checkpoint
@@ -218,3 +219,14 @@ def test_the_automatic_learning_rate_for_adapters_is_ten_times_higher_and_says_s
     assert "learning_rate 2e-03 because LoRA adapters" in " ".join(lora.reasons)
     assert lora.as_dict()["lora"] == {"r": 8, "alpha": 16, "dropout": 0.1}
     assert "lora" not in full.as_dict()
+
+
+def test_a_search_trains_every_trial_with_adapters_around_the_lora_rate() -> None:
+    raw = {"lora": {"r": 8, "alpha": 16, "dropout": 0.1}, "search": {"trials": 2}}
+    auto = resolve(raw, PROFILE)  # 10 epochs of 50 steps: LoRA's 1e-3, not doubled
+    assert auto.learning_rate == pytest.approx(1e-3)
+    plan = search_plan(raw, auto, seed=0, greater_is_better=True)
+    assert plan.space.learning_rate == pytest.approx((1e-3 / LEARNING_RATE_SPREAD,
+                                                      1e-3 * LEARNING_RATE_SPREAD))
+    trial = trial_hyperparameters(plan, {"learning_rate": 1e-3}, PROFILE)
+    assert trial.lora == LoraSettings(8, 16, 0.1) and trial.learning_rate == 1e-3
