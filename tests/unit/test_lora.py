@@ -23,11 +23,14 @@ from app.ml.lora import (
 )
 from app.ml.search import LEARNING_RATE_SPREAD, search_plan, trial_hyperparameters
 from app.ml.tasks.classification import TextClassification
+from app.ml.tasks.multi_label import THRESHOLDS_KEY, MultiLabelClassification
 from app.ml.tasks.token_classification import TokenClassification
 from app.ml.training import TrainingPlan, fine_tune, latest_checkpoint
+from tests.unit.test_multi_label import mood_rows
 from tests.unit.test_training import EVAL_ROWS, TRAIN_ROWS, RecordingObserver
 
 TASK = TextClassification()
+MULTI_LABEL = MultiLabelClassification()
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 # MiniLM and 800 rows: 50 optimizer steps in one epoch, so the rate is doubled.
 PROFILE = DataProfile(n_rows=800, parameters=22_713_728)
@@ -230,3 +233,23 @@ def test_a_search_trains_every_trial_with_adapters_around_the_lora_rate() -> Non
                                                       1e-3 * LEARNING_RATE_SPREAD))
     trial = trial_hyperparameters(plan, {"learning_rate": 1e-3}, PROFILE)
     assert trial.lora == LoraSettings(8, 16, 0.1) and trial.learning_rate == 1e-3
+
+
+def test_a_multi_label_adapter_serves_with_its_tuned_thresholds(tiny_model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    rows = mood_rows(48)
+    plan = TrainingPlan(task=MULTI_LABEL, base_model=str(tiny_model_dir), train_rows=rows[:40],
+                        eval_rows=rows[40:], labels=MULTI_LABEL.labels(rows), seed=0,
+                        hyperparameters=resolve({"n_epochs": 2, "batch_size": 8,
+                                                 "learning_rate": 1e-2, "max_length": 16,
+                                                 "lora": dataclasses.asdict(LORA)}, 40),
+                        output_dir=tmp_path / "job")
+    result = fine_tune(plan, RecordingObserver())
+    assert result.best_checkpoint is not None and is_adapter(result.best_checkpoint)
+    table = result.best_tables["per_label"]
+    served = load_model(MULTI_LABEL, result.best_checkpoint, 16,
+                        base=_private_base(tiny_model_dir))
+    assert served.model.config.problem_type == "multi_label_classification"
+    assert getattr(served.model.config, THRESHOLDS_KEY) == dict(
+        zip(table["labels"], table["threshold"], strict=True))
+    assert {item["label"] for item in served.predict(["good film"], {})[0]} == {"neg", "pos"}
