@@ -215,6 +215,18 @@ def test_the_version_folder_carries_the_tuned_thresholds(
     assert config["problem_type"] == "multi_label_classification"
 
 
+def test_the_thresholds_survive_saving_and_loading_again(
+        trained: tuple[RecordingObserver, TrainingResult], tmp_path: Path) -> None:
+    # What an export or a reload does: from_pretrained, then save_pretrained elsewhere.
+    _, result = trained
+    assert result.best_checkpoint is not None
+    model = TASK.load_model(result.best_checkpoint)
+    model.save_pretrained(tmp_path)
+    again = TASK.load_model(tmp_path)
+    kept = getattr(again.config, THRESHOLDS_KEY)
+    assert kept == getattr(model.config, THRESHOLDS_KEY) and set(kept) == {"neg", "pos"}
+
+
 def test_predict_scores_every_label_and_marks_those_over_threshold(
         trained: tuple[RecordingObserver, TrainingResult],
         tiny_tokenizer: PreTrainedTokenizerBase) -> None:
