@@ -304,6 +304,7 @@ def _register_success(session: Session, store: ArtifactStore, claim: Claim,
                       job: FineTuningJob, prepared: _Prepared, result: TrainingResult) -> None:
     assert result.best_checkpoint is not None
     strip_resume_state(prepared.plan.output_dir)
+    store.drop_resume_state(prepared.artifact_key)
     metrics = {**result.best_metrics, "train_runtime_s": round(result.train_runtime_s, 3),
                "evaluate_and_save_s": round(result.evaluate_and_save_s, 3),
                "train_samples_per_s": round(result.train_samples_per_s, 2)}

@@ -47,6 +47,11 @@ class ArtifactStore(Protocol):
         resuming and choosing the version need."""
         ...
 
+    def drop_resume_state(self, key: str) -> None:
+        """Once a job is over: remove the optimizer, scheduler and RNG state of its
+        checkpoints from elsewhere (work_dir's own copies are the caller's)."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
 
@@ -107,6 +112,9 @@ class LocalArtifactStore:
 
     def fetch_checkpoints(self, key: str) -> None:
         """Every machine sees the one folder: nothing to fetch."""
+
+    def drop_resume_state(self, key: str) -> None:
+        """The work folder is the store: the caller's clean-up there is all there is."""
 
     def delete(self, key: str) -> None:
         remove_local(self.local_path(key))

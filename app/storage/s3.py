@@ -195,14 +195,22 @@ class S3ArtifactStore:
                                if not n.endswith(_RESUME_ONLY_SUFFIXES)]
                     self._download_tree(f"{key}/{folder}", weights, target)
 
+    def drop_resume_state(self, key: str) -> None:
+        names = self._names(key)
+        resume_only = [name for name in names if name.endswith(_RESUME_ONLY_SUFFIXES)]
+        self._delete_objects([f"{self.object_name(key)}/{name}" for name in resume_only])
+
     def delete(self, key: str) -> None:
         base = self.object_name(key)
-        names = [base if name == "" else f"{base}/{name}" for name in self._names(key)]
+        self._delete_objects([base if name == "" else f"{base}/{name}"
+                              for name in self._names(key)])
+        remove_local(self._local(key))
+
+    def _delete_objects(self, names: list[str]) -> None:
         for start in range(0, len(names), 1000):  # the most one request may delete
             batch = [{"Key": name} for name in names[start:start + 1000]]
             self.client.delete_objects(Bucket=self.bucket,
                                        Delete={"Objects": batch, "Quiet": True})
-        remove_local(self._local(key))
 
 
 def _inside(names: list[str], folder: str) -> list[str]:

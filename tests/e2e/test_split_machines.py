@@ -120,6 +120,8 @@ def in_the_bucket_only(api: LiveService, bucket: S3Bucket, a_root: Path) -> None
     objects = bucket.objects()
     assert len([n for n in objects if n.startswith("files/")]) == 2, sorted(objects)
     assert any(n.startswith("jobs/") and n.endswith(MANIFEST) for n in objects)
+    # Over: its checkpoints keep their weights, not the state only resuming needs.
+    assert not [n for n in objects if n.endswith((".pt", ".pth", ".bin"))], sorted(objects)
     assert any(n.startswith("models/") and n.endswith("model.safetensors") for n in objects)
     # The API's disk holds no dataset (each went to the bucket) and no job folder; worker A
     # trained in its own folder.

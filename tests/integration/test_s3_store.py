@@ -271,3 +271,18 @@ def test_a_torn_local_checkpoint_is_replaced_by_the_whole_one(tmp_path: Path,
     second.fetch_checkpoints("jobs/j1")
     assert is_complete(torn)
     assert (torn / "model.safetensors").read_bytes() == b"weights at 10"
+
+
+def test_a_finished_job_drops_its_resume_state_from_the_bucket(tmp_path: Path,
+                                                               s3_bucket: S3Bucket) -> None:
+    store = machine(s3_bucket, tmp_path / "worker")
+    run = store.work_dir("jobs/j1")
+    store.put_checkpoint(checkpoint(run, 10), "jobs/j1/checkpoint-10")
+    store.put_checkpoint(checkpoint(run / "trial-1", 4), "jobs/j1/trial-1/checkpoint-4")
+    (tmp_path / "f").write_text("x")
+    store.put_file(tmp_path / "f", "jobs/j1x/optimizer.pt")  # another key's: stays
+    store.drop_resume_state("jobs/j1")
+    kept = [f"jobs/j1/{folder}/{name}" for folder in ("checkpoint-10", "trial-1/checkpoint-4")
+            for name in ("model.safetensors", MANIFEST, "trainer_state.json")]
+    assert sorted(s3_bucket.objects()) == sorted([*kept, "jobs/j1x/optimizer.pt"])
+    assert (run / "checkpoint-10" / "optimizer.pt").is_file()  # the work folder is the caller's
