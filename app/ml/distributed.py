@@ -240,7 +240,7 @@ def _connect(launcher: subprocess.Popen[bytes], address: Path, authkey: bytes,
             return StopReason(reason)
         try:
             return Client(str(address), authkey=authkey)
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (OSError, EOFError):  # not listening yet, or gone mid-handshake
             time.sleep(RELAY_POLL_S)
     return None
 

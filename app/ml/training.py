@@ -584,3 +584,5 @@ def strip_resume_state(output_dir: Path) -> None:
     for checkpoint in output_dir.glob("checkpoint-*"):
         for name in RESUME_ONLY_FILES:
             (checkpoint / name).unlink(missing_ok=True)
+        for state in checkpoint.glob("rng_state_*.pth"):  # one per process, across several
+            state.unlink()

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from app.ml.checkpoints import MANIFEST
 from app.ml.hyperparameters import resolve
 from app.ml.tasks.catalog import get_task
-from app.ml.training import TrainingPlan, TrainingResult, fine_tune
+from app.ml.training import TrainingPlan, TrainingResult, fine_tune, strip_resume_state
 from tests.faults.conftest import (
     BASE_MODEL,
     JobSpec,
@@ -123,6 +123,8 @@ def test_two_processes_train_as_one_does(steady_model: Path, tmp_path: Path,
     # Written by rank 0 alone, before the manifest: every rank's random state is in it.
     manifest = json.loads((output / "checkpoint-8" / MANIFEST).read_text())["files"]
     assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors"} <= manifest.keys()
+    strip_resume_state(output)  # as a finished job does: no rank's state goes on
+    assert not list(output.glob("checkpoint-*/rng_state_*")), sorted(output.rglob("rng*"))
     print(f"DISTRIBUTED equivalence: max weight difference {difference:.2e}, "
           f"loss {one.best_metrics['loss']:.5f} vs {two.best_metrics['loss']:.5f}")
 
