@@ -17,6 +17,7 @@ from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint
 from app.db.session import retry_on_outage, session_scope
 from app.domain.lifecycle import JobFailure, record_event, transition
 from app.domain.statuses import JobStatus, StopReason
+from app.errors import TuneforgeError
 from app.ids import new_id, now
 from app.ml.base_models import parameter_count
 from app.ml.distributed import ProcessesUnavailable, check_processes
@@ -381,6 +382,8 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
         _record_outcome(settings, store, claim, prepared, result)
     except ProcessesUnavailable as exc:
         fail(settings, claim, JobFailure(exc.code, str(exc)))
+    except TuneforgeError as exc:  # asks for what cannot be trained (LoRA on a masked-LM job)
+        fail(settings, claim, JobFailure(exc.code, exc.message))
     except Exception as exc:  # the job, not the worker, failed: record why and move on
         log.exception("job %s failed", job_id)
         fail(settings, claim, JobFailure("training_failed", _public_message(settings, exc)))

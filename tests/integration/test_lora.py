@@ -145,7 +145,17 @@ def test_an_adapter_is_not_the_base_of_another_job(service: Service) -> None:
     file_id = upload_rows(service.client, filename="more.jsonl")["id"]
     job = train(service.client, service.settings, model=service.adapters[0], file=file_id)
     assert job["status"] == "failed"
+    assert job["error"]["code"] == "adapter_as_base", job["error"]
     assert "is a LoRA adapter of 'tiny-bert'" in job["error"]["message"], job["error"]
+
+
+def test_lora_on_a_file_of_plain_text_fails_the_job_saying_why(service: Service) -> None:
+    text = upload_rows(service.client, [{"text": f"plain sentence {i}"} for i in range(20)],
+                       filename="text.jsonl")["id"]
+    job = train(service.client, service.settings, model=BASE_MODEL, file=text,
+                hyperparameters={"n_epochs": 1, "lora": LORA})
+    assert job["task"] == "masked-lm" and job["status"] == "failed"
+    assert job["error"]["code"] == "lora_unsupported", job["error"]
 
 
 def test_a_version_adapters_serve_over_is_kept_until_they_go(service: Service) -> None:
