@@ -314,7 +314,7 @@ async function showCheckpoints(target, jobId, signal) {
 // ---------------------------------------------------------------- evaluation
 
 function metricSummary(metrics) {
-  const shown = ["accuracy", "macro_f1", "entity_f1", "loss", "perplexity"]
+  const shown = ["accuracy", "micro_f1", "macro_f1", "entity_f1", "loss", "perplexity"]
     .filter((name) => typeof metrics[name] === "number");
   return shown.map((name) => `${name} ${number(metrics[name])}`).join(" · ") || "–";
 }
@@ -322,7 +322,8 @@ function metricSummary(metrics) {
 // Per entity type F1: seqeval's `<TYPE>_f1` beside the overall `entity_f1`.
 function entityScores(metrics) {
   return Object.entries(metrics)
-    .filter(([name, value]) => name.endsWith("_f1") && !["entity_f1", "macro_f1"].includes(name)
+    .filter(([name, value]) => name.endsWith("_f1")
+            && !["entity_f1", "macro_f1", "micro_f1"].includes(name)
             && typeof value === "number")
     .map(([name, value]) => ({ name: name.slice(0, -3), value }));
 }
@@ -332,6 +333,11 @@ function evaluation(metrics) {
   if (metrics.confusion_matrix) {
     views.push(h("figure", { id: "confusion-matrix" }, confusionMatrix(metrics.confusion_matrix),
                  h("figcaption", {}, "Confusion matrix on the evaluation rows (rows: gold label, columns: predicted).")));
+  }
+  if (metrics.per_label) {
+    const table = metrics.per_label;
+    const perLabel = table.labels.map((name, i) => ({ name, value: table.f1[i] }));
+    views.push(h("figure", { id: "label-f1" }, barChart(perLabel, { title: "F1 per label (at its tuned threshold)" })));
   }
   const perType = entityScores(metrics);
   if (perType.length) {
