@@ -37,10 +37,13 @@ SERVICE_ENV = {"TUNEFORGE_RATE_LIMIT_PER_MINUTE": "10000000",
                "TUNEFORGE_PREDICT_ROWS_PER_MINUTE": "100000000",
                "TUNEFORGE_MAX_ACTIVE_JOBS_PER_PROJECT": "4"}
 # What a schema cannot say: whether an uploaded file's rows parse (415/422 with the line and
-# field), and whether a job's base model exists (422 model_not_found). Valid-looking requests
-# may get those; every other refusal of schema-valid data is a failure.
+# field), whether a job's base model exists (422 model_not_found), and whether a version is a
+# LoRA adapter (422 not_an_adapter for ?format=adapter). Valid-looking requests may get those;
+# every other refusal of schema-valid data is a failure.
 CONTENT_CHECKED = {"POST /v1/files": ["2xx", "401", "404", "409", "413", "415", "422", "429"],
-                   "POST /v1/fine_tuning/jobs": ["2xx", "401", "404", "409", "422", "429"]}
+                   "POST /v1/fine_tuning/jobs": ["2xx", "401", "404", "409", "422", "429"],
+                   "GET /v1/models/{model_id}/content": ["2xx", "401", "404", "409", "422",
+                                                         "429"]}
 
 # schemathesis's own list of statuses that refuse a request, and 413: a body over a limit the
 # spec states (predict's caps) is refused as too large.
