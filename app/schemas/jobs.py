@@ -3,7 +3,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from app.db.models import FineTuningJob, JobCheckpoint, JobEvent, SearchTrial
-from app.ml.lora import check_task
 from app.schemas.common import NO_NUL, StrictModel
 
 Auto = Literal["auto"]
@@ -97,13 +96,6 @@ class JobCreate(StrictModel):
     task: Literal["text-classification", "multi-label-classification",
                   "token-classification", "masked-lm", "causal-lm"] | None = None
     compute: ComputeIn | None = None
-
-    @model_validator(mode="after")
-    def _lora_for_its_tasks(self) -> "JobCreate":
-        # A task detected from the file is checked when the job trains (app/ml/lora.py).
-        if self.task and self.hyperparameters and self.hyperparameters.lora:
-            check_task(self.task)
-        return self
 
 
 class Progress(BaseModel):

@@ -26,6 +26,7 @@ from app.errors import (
     RateLimited,
 )
 from app.ids import new_id, now
+from app.ml import lora
 from app.ml.base_models import resolve_base_model
 from app.ml.tasks.catalog import get_task
 from app.schemas.jobs import JobCreate
@@ -107,6 +108,9 @@ def _job_task(request: JobCreate, training: DatasetFile, validation: DatasetFile
         if record is not None and not adapter.accepts_rows_of(record.detected_task):
             raise InvalidRequest(f"{role} holds {record.detected_task} rows, not {task}.",
                                  param=role, code="task_mismatch")
+    if request.hyperparameters and request.hyperparameters.lora:
+        # Named or detected from the rows, the task is known here: refuse now, not in the worker.
+        lora.check_task(task)
     return task
 
 

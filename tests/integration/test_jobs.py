@@ -271,9 +271,13 @@ def test_lora_out_of_range_is_refused(client: TestClient, training_file: str,
     assert_error(response, 422, "invalid_request", param)
 
 
-def test_lora_for_continued_pretraining_is_refused(client: TestClient) -> None:
+@pytest.mark.parametrize("named", [{"task": "masked-lm"}, {}], ids=["named", "detected"])
+def test_lora_for_continued_pretraining_is_refused(client: TestClient,
+                                                   named: dict[str, str]) -> None:
+    # Whether the job names the task or its plain-text rows call for it, the refusal comes
+    # at creation, not from the worker.
     text = upload_rows(client, [{"text": f"plain sentence {i}"} for i in range(20)],
                        filename="text.jsonl")["id"]
-    response = client.post(JOBS, json={"model": BASE_MODEL, "training_file": text,
-                                       "task": "masked-lm", "hyperparameters": {"lora": {}}})
+    response = client.post(JOBS, json={"model": BASE_MODEL, "training_file": text, **named,
+                                       "hyperparameters": {"lora": {}}})
     assert_error(response, 422, "lora_unsupported", "hyperparameters.lora", "masked-lm")
