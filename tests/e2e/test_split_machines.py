@@ -78,7 +78,8 @@ def test_api_and_workers_share_only_database_broker_and_bucket(
                     TUNEFORGE_BROKER_URL=redis_url, **s3_bucket.env())
     api_root, a_root, b_root = tmp_path / "api", tmp_path / "worker-a", tmp_path / "worker-b"
     LiveService(root=api_root, env_overrides=env).run_cli("db", "upgrade")
-    spec = JobSpec(suffix="split", steps=16, eval_steps=4, batch_size=256)
+    # Steps of a tenth of a second or more: 13 of them outlast the pause's way to the worker.
+    spec = JobSpec(suffix="split", steps=16, eval_steps=4, batch_size=1024)
     with live_service(api_root, env_overrides=env, embedded_worker=False) as api, \
             api.client() as client:
         worker_a = ready(api, launch_worker(api, a_root, "worker-a"))
