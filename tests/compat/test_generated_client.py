@@ -24,7 +24,10 @@ from tests.unit.tiny_model import sentiment_rows
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 PACKAGE = "tuneforge_client"
 # No formatter run over the generated code: only what the generator itself writes is tested.
-CONFIG = f"post_hooks: []\npackage_name_override: {PACKAGE}\n"
+# The generator knows no media type of binary downloads but application/octet-stream: told
+# to read the model archive's application/gzip as one, it returns the archive's bytes.
+CONFIG = (f"post_hooks: []\npackage_name_override: {PACKAGE}\ncontent_type_overrides:\n"
+          "  application/gzip: application/octet-stream\n")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,8 @@ def test_a_whole_flow_through_the_generated_client(service: LiveService,
         importlib.import_module(f"{files.__name__}.{module}")
     for module in ("create_job", "get_job", "list_events"):
         importlib.import_module(f"{jobs.__name__}.{module}")
-    importlib.import_module(f"{models_api.__name__}.predict")
+    for module in ("predict", "get_model_content"):
+        importlib.import_module(f"{models_api.__name__}.{module}")
     client = generated.AuthenticatedClient(base_url=service.base_url, token=service.api_key,
                                            timeout=httpx.Timeout(120))
 
@@ -113,6 +117,9 @@ def test_a_whole_flow_through_the_generated_client(service: LiveService,
     assert predicted.status_code == 200, predicted.content
     assert [len(scores) for scores in predicted.parsed] == [2, 2]
     assert {s["label"] for s in predicted.parsed[0]} == {"positive", "negative"}
+
+    archive = models_api.get_model_content.sync_detailed(job.fine_tuned_model, client=client)
+    assert archive.status_code == 200 and archive.content[:2] == b"\x1f\x8b"  # gzip
 
     missing = files.get_file.sync("file-none", client=client)
     assert isinstance(missing, models.ErrorBody), missing
