@@ -97,3 +97,9 @@ class RateLimited(TuneforgeError):
     def __init__(self, message: str, *, retry_after: int, param: str | None = None):
         super().__init__(message, param=param)
         self.retry_after = retry_after
+
+
+class StorageUnavailable(TuneforgeError):
+    """The artifact store (an S3-compatible bucket) cannot be reached right now."""
+
+    code = "storage_unavailable"

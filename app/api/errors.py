@@ -28,6 +28,7 @@ STATUS: dict[type[errors.TuneforgeError], int] = {
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
     errors.RateLimited: 429,
+    errors.StorageUnavailable: 503,
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "invalid_api_key",
                413: "payload_too_large", 400: "bad_request"}
@@ -52,6 +53,8 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if isinstance(exc, errors.RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, errors.StorageUnavailable):
+        headers["Retry-After"] = "5"
     if isinstance(exc, errors.Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="tuneforge"'
     return error_response(_status_of(exc), exc.code, exc.message, exc.param, headers)

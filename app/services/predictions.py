@@ -114,11 +114,15 @@ class Predictor:
         """A hot model at once; a cold one loads in a thread, so hot ones keep serving."""
         loaded = self.models.peek(version.storage_key)
         if loaded is None:
-            loaded = await asyncio.to_thread(
-                self.models.get, version.storage_key, get_task(version.task),
-                self.store.local_path(version.storage_key), version.max_length,
-                version.base_source)
+            loaded = await asyncio.to_thread(self._load_now, version)
         return loaded
+
+    def _load_now(self, version: ServedVersion) -> LoadedModel:
+        # local_path may download the version from a bucket: in this thread, never on the
+        # event loop, where it would hold up every request of this process.
+        return self.models.get(version.storage_key, get_task(version.task),
+                               self.store.local_path(version.storage_key), version.max_length,
+                               version.base_source)
 
     @staticmethod
     async def _run(loaded: LoadedModel, inputs: list[str],

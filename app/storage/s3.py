@@ -18,12 +18,15 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
+from app.errors import StorageUnavailable
 from app.ml.checkpoints import is_complete, upload_order, whole_remote_checkpoints
 from app.storage.artifacts import CHUNK, LocalArtifactStore, new_key, remove_local
 
@@ -32,6 +35,8 @@ _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 # Files only resuming reads (optimizer, scheduler, RNG state, all pickles): a resumed job needs
 # them from its newest checkpoint only; its earlier checkpoints need their weights alone.
 _RESUME_ONLY_SUFFIXES = (".pt", ".pth", ".bin")
+# Answers that mean "the store is down or busy, try again", not "this request is wrong".
+_OUTAGE_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
 TRANSFER = TransferConfig(multipart_threshold=8 * CHUNK, multipart_chunksize=8 * CHUNK,
                           max_concurrency=4)
 
@@ -105,7 +110,7 @@ class S3ArtifactStore:
         target = self._local(key)
         if target.exists():
             return target
-        with self._lock(key):
+        with self._lock(key), reaching_bucket():
             if not target.exists():
                 names = self._names(key)
                 if names == [""]:
@@ -123,11 +128,10 @@ class S3ArtifactStore:
         return target if target.exists() else None
 
     def chunks(self, key: str) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=self.object_name(key))["Body"]
-        try:
-            yield from body.iter_chunks(CHUNK)
-        finally:
-            body.close()
+        # The object is asked for now, so an outage is an answer (503), not a cut stream.
+        with reaching_bucket():
+            body = self.client.get_object(Bucket=self.bucket, Key=self.object_name(key))["Body"]
+        return _streamed(body)
 
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -164,8 +168,9 @@ class S3ArtifactStore:
     # ------------------------------------------------------------ writing
 
     def put_file(self, source: Path, key: str) -> None:
-        self.client.upload_file(str(source), self.bucket, self.object_name(key),
-                                Config=TRANSFER)
+        with reaching_bucket():
+            self.client.upload_file(str(source), self.bucket, self.object_name(key),
+                                    Config=TRANSFER)
         source.unlink(missing_ok=True)  # as a local store moves it: the upload is the copy
 
     def put_tree(self, source: Path, key: str) -> None:
@@ -202,8 +207,9 @@ class S3ArtifactStore:
 
     def delete(self, key: str) -> None:
         base = self.object_name(key)
-        self._delete_objects([base if name == "" else f"{base}/{name}"
-                              for name in self._names(key)])
+        with reaching_bucket():
+            self._delete_objects([base if name == "" else f"{base}/{name}"
+                                  for name in self._names(key)])
         remove_local(self._local(key))
 
     def _delete_objects(self, names: list[str]) -> None:
@@ -211,6 +217,30 @@ class S3ArtifactStore:
             batch = [{"Key": name} for name in names[start:start + 1000]]
             self.client.delete_objects(Bucket=self.bucket,
                                        Delete={"Objects": batch, "Quiet": True})
+
+
+@contextmanager
+def reaching_bucket() -> Iterator[None]:
+    """Turn the bucket being unreachable, down or throttling into StorageUnavailable (503
+    with Retry-After at the API); other errors, such as a missing object, stay as they are."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _OUTAGE_CODES or status >= 500:
+            raise StorageUnavailable("The artifact store is unavailable; retry shortly.") \
+                from exc
+        raise
+    except BotoCoreError as exc:  # connection refused, timeouts, DNS
+        raise StorageUnavailable("The artifact store is unavailable; retry shortly.") from exc
+
+
+def _streamed(body: Any) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()
 
 
 def _inside(names: list[str], folder: str) -> list[str]:
