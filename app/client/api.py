@@ -80,10 +80,13 @@ class ServiceClient:
     def list_models(self) -> Any:
         return self._call("GET", "/v1/models")
 
-    def download_model(self, model: str, write: Callable[[bytes], object]) -> str:
+    def download_model(self, model: str, write: Callable[[bytes], object],
+                       archive_format: str | None = None) -> str:
         """Stream a version's archive to `write`; the file name the service gave it."""
+        params = {"format": archive_format} if archive_format else None
         try:
-            with self._http.stream("GET", f"/v1/models/{model}/content") as response:
+            with self._http.stream("GET", f"/v1/models/{model}/content",
+                                   params=params) as response:
                 if response.is_error:
                     response.read()
                     raise api_error(response)

@@ -158,7 +158,7 @@ def models_list(client: ServiceClient, args: argparse.Namespace) -> int:
 
 def models_download(client: ServiceClient, args: argparse.Namespace) -> int:
     if args.output == "-":
-        client.download_model(args.model, sys.stdout.buffer.write)
+        client.download_model(args.model, sys.stdout.buffer.write, args.format)
         sys.stdout.buffer.flush()
         return 0
     chosen = Path(args.output or ".")
@@ -169,7 +169,7 @@ def models_download(client: ServiceClient, args: argparse.Namespace) -> int:
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".tuneforge-", suffix=".part",
                                      delete=False) as part:
         try:
-            name = client.download_model(args.model, part.write)
+            name = client.download_model(args.model, part.write, args.format)
         except BaseException:
             os.unlink(part.name)
             raise
@@ -224,6 +224,9 @@ def add_client_commands(commands: Any) -> None:
     download.add_argument("-o", "--output", metavar="FILE",
                           help="file or folder to save to; '-' writes to stdout (default: "
                                "the version's name, e.g. ft-sentiment-v1.tar.gz, here)")
+    download.add_argument("--format", choices=("merged", "adapter"),
+                          help="for a LoRA version: merged into its base (the default), or "
+                               "the adapter and head alone, for peft")
 
 
 def add_jobs_commands(commands: Any, client: argparse.ArgumentParser) -> None:

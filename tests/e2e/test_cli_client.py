@@ -179,6 +179,10 @@ def test_models_download_saves_the_services_archive_and_leaves_nothing_on_failur
     refused = cli.run("models", "download", TINY_MODEL, "-o", str(tmp_path / "base.tar.gz"))
     assert refused.returncode == 1, describe(refused)
     assert "409 base_model_not_exportable" in refused.stderr, describe(refused)
+    # --format reaches the service: a full fine-tune has no adapter to send alone.
+    adapter = cli.run("models", "download", model, "--format", "adapter", "-o",
+                      str(tmp_path / "adapter.tar.gz"))
+    assert adapter.returncode == 1 and "422 not_an_adapter" in adapter.stderr, describe(adapter)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chosen.tar.gz",
                                                           f"ft-{SUFFIX}-v1.tar.gz"]
 
