@@ -17,7 +17,7 @@ from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint
 from app.db.session import retry_on_outage, session_scope
 from app.domain.lifecycle import JobFailure, record_event, transition
 from app.domain.statuses import JobStatus, StopReason
-from app.errors import TuneforgeError
+from app.errors import StorageUnavailable, TuneforgeError
 from app.ids import new_id, now
 from app.ml.base_models import parameter_count
 from app.ml.distributed import ProcessesUnavailable, check_processes
@@ -257,6 +257,15 @@ def finish(session: Session, claim: Claim, job: FineTuningJob, to: JobStatus, *,
                       only_if=[FineTuningJob.attempt == claim.attempt], **fields)
 
 
+def requeue(settings: Settings, claim: Claim, message: str) -> None:
+    """Give the job back without failing it: an outage, not the job, stopped this attempt.
+    The sweep sends it again (at its own pace, so an outage is not retried in a tight loop)."""
+    with session_scope(settings) as session:
+        job = owned_job(session, claim)
+        if job is not None:
+            finish(session, claim, job, JobStatus.QUEUED, level="warn", message=message)
+
+
 def fail(settings: Settings, claim: Claim, failure: JobFailure) -> None:
     with session_scope(settings) as session:
         job = owned_job(session, claim)
@@ -382,6 +391,10 @@ def run_job(settings: Settings, job_id: str, worker: str) -> None:
         _record_outcome(settings, store, claim, prepared, result)
     except ProcessesUnavailable as exc:
         fail(settings, claim, JobFailure(exc.code, str(exc)))
+    except StorageUnavailable:
+        log.warning("job %s: artifact store unavailable; re-queued", job_id, exc_info=True)
+        requeue(settings, claim, "The artifact store is unavailable: job re-queued; it resumes "
+                                 "from its last uploaded checkpoint.")
     except TuneforgeError as exc:  # asks for what cannot be trained (LoRA on a masked-LM job)
         fail(settings, claim, JobFailure(exc.code, exc.message))
     except Exception as exc:  # the job, not the worker, failed: record why and move on
