@@ -84,8 +84,13 @@ _LISTENING, _AFTER_COMMIT = "tuneforge.listening", "tuneforge.after_commit"
 
 
 def _run_after_commit(session: Session) -> None:
+    # The change is stored: a follow-up that fails (a bucket down while deleting a version's
+    # files) is logged, and neither undoes the answer nor skips the follow-ups after it.
     for action in session.info.pop(_AFTER_COMMIT, []):
-        action()
+        try:
+            action()
+        except Exception:
+            log.exception("a follow-up to a committed change failed")
 
 
 def _drop_after_commit(session: Session) -> None:

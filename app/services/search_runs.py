@@ -22,6 +22,7 @@ from app.db.models import FineTuningJob, SearchTrial
 from app.db.session import retry_on_outage
 from app.domain.lifecycle import record_event
 from app.domain.statuses import StopReason
+from app.errors import StorageUnavailable
 from app.ids import new_id, now
 from app.ml.hyperparameters import DataProfile, Hyperparameters
 from app.ml.search import (
@@ -126,6 +127,8 @@ class SearchRun:
         observer = observer_for(Trial(number, self.search.trials), self._folder_key(number))
         try:
             result = fine_tune(plan, observer)
+        except StorageUnavailable:
+            raise  # an outage, not the trial: the job goes back to the queue and resumes it
         except Exception as exc:  # one trial's failure (say, out of memory) ends that trial only
             log.exception("trial %s of job %s failed", number, self.claim.job_id)
             study.tell(proposal, state=optuna.trial.TrialState.FAIL)

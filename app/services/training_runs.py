@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import DatasetFile, FineTuningJob, JobCheckpoint
-from app.db.session import retry_on_outage, session_scope
+from app.db.session import after_commit, retry_on_outage, session_scope
 from app.domain.lifecycle import JobFailure, record_event, transition
 from app.domain.statuses import JobStatus, StopReason
 from app.errors import StorageUnavailable, TuneforgeError
@@ -314,7 +314,9 @@ def _register_success(session: Session, store: ArtifactStore, claim: Claim,
                       job: FineTuningJob, prepared: _Prepared, result: TrainingResult) -> None:
     assert result.best_checkpoint is not None
     strip_resume_state(prepared.plan.output_dir)
-    store.drop_resume_state(prepared.artifact_key)
+    # The bucket's copy keeps what a resume needs until the version is stored for good: if
+    # storing it fails, another attempt resumes from there rather than from scratch.
+    after_commit(session, lambda: store.drop_resume_state(prepared.artifact_key))
     metrics = {**result.best_metrics, "train_runtime_s": round(result.train_runtime_s, 3),
                "evaluate_and_save_s": round(result.evaluate_and_save_s, 3),
                "train_samples_per_s": round(result.train_samples_per_s, 2)}

@@ -174,10 +174,11 @@ class S3ArtifactStore:
         source.unlink(missing_ok=True)  # as a local store moves it: the upload is the copy
 
     def put_tree(self, source: Path, key: str) -> None:
-        for path in upload_order(source):  # a manifest, where there is one, goes last
-            name = path.relative_to(source).as_posix()
-            self.client.upload_file(str(path), self.bucket, self.object_name(f"{key}/{name}"),
-                                    Config=TRANSFER)
+        with reaching_bucket():
+            for path in upload_order(source):  # a manifest, where there is one, goes last
+                name = path.relative_to(source).as_posix()
+                self.client.upload_file(str(path), self.bucket,
+                                        self.object_name(f"{key}/{name}"), Config=TRANSFER)
 
     def put_checkpoint(self, directory: Path, key: str) -> None:
         self.put_tree(directory, key)
@@ -186,6 +187,10 @@ class S3ArtifactStore:
         """For each run under `key` (the job, or each search trial): its newest whole
         checkpoint in full, unless this machine has it whole, and the weights of the earlier
         ones it lacks (any of them may become the version)."""
+        with reaching_bucket():
+            self._fetch_checkpoints(key)
+
+    def _fetch_checkpoints(self, key: str) -> None:
         names = self._names(key)
         for _, checkpoints in whole_remote_checkpoints(names).items():
             (_, newest), *earlier = checkpoints
@@ -201,9 +206,10 @@ class S3ArtifactStore:
                     self._download_tree(f"{key}/{folder}", weights, target)
 
     def drop_resume_state(self, key: str) -> None:
-        names = self._names(key)
-        resume_only = [name for name in names if name.endswith(_RESUME_ONLY_SUFFIXES)]
-        self._delete_objects([f"{self.object_name(key)}/{name}" for name in resume_only])
+        with reaching_bucket():
+            names = self._names(key)
+            resume_only = [name for name in names if name.endswith(_RESUME_ONLY_SUFFIXES)]
+            self._delete_objects([f"{self.object_name(key)}/{name}" for name in resume_only])
 
     def delete(self, key: str) -> None:
         base = self.object_name(key)
