@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from app.errors import InvalidRequest
 from app.ml.hyperparameters import LoraSettings
 from app.ml.tasks.base import TaskAdapter
+from app.ml.tasks.multi_label import THRESHOLDS_KEY
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -82,6 +83,17 @@ def architecture(model_type: str) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
+def check_base(task: str, base_model: str) -> None:
+    """Refuse, before any training process starts, a task or base architecture LoRA is not
+    set up for (across processes, an error inside a rank would only read as a failure)."""
+    from transformers import PreTrainedConfig
+
+    check_task(task)
+    # The raw config: an architecture transformers itself does not know is refused here too.
+    config, _ = PreTrainedConfig.get_config_dict(base_model)
+    architecture(str(config.get("model_type")))
+
+
 def lora_config(model: torch.nn.Module, settings: LoraSettings, task: str) -> Any:
     from peft import LoraConfig
 
@@ -131,6 +143,10 @@ def base_with_head(task: TaskAdapter, base_source: str, directory: Path) -> PreT
     model = task.load_model(base_source, [id2label[str(i)] for i in range(len(id2label))] or None)
     for key in saved.keys() - vars(model.config).keys():
         setattr(model.config, key, saved[key])
+    # The adapter's own serving settings win over any its base carries (a multi-label base
+    # version has thresholds tuned for its own head, not this one).
+    if THRESHOLDS_KEY in saved:
+        setattr(model.config, THRESHOLDS_KEY, saved[THRESHOLDS_KEY])
     return model
 
 

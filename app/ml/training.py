@@ -41,7 +41,7 @@ from app.ml.distributed import (
     per_process,
 )
 from app.ml.hyperparameters import Hyperparameters
-from app.ml.lora import finish_checkpoint, is_adapter_model, with_adapters
+from app.ml.lora import check_base, finish_checkpoint, is_adapter_model, with_adapters
 from app.ml.precision import use_bf16
 from app.ml.selection import choose_checkpoint
 from app.ml.tasks.base import SOURCE_ROW, Row, TaskAdapter
@@ -446,6 +446,8 @@ class _Run:
 def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     """Train `plan`, resuming from its latest complete checkpoint, reporting to `observer`:
     in this process, or data parallel across `plan.processes` (app/ml/distributed.py)."""
+    if plan.hyperparameters.lora is not None:
+        check_base(plan.task.name, plan.base_model)
     if plan.processes > 1:
         return fine_tune_across_processes(plan, observer)
     return train_in_this_process(plan, observer)

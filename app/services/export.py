@@ -132,8 +132,7 @@ def weights(session: Session, settings: Settings, store: ArtifactStore,
         return version_files(folder, files)
     if format == "adapter":
         return adapter_files(folder, version, files)
-    base = registry.model_source(session, settings, store, version.project_id,
-                                 version.base_model)
+    base = registry.adapter_base_source(session, settings, store, version)
     return merged_files(folder, base, version, files)
 
 

@@ -47,10 +47,16 @@ def _request_hash(request: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _check_base_model(session: Session, settings: Settings, project_id: str, model: str) -> None:
-    if registry.find_version(session, project_id, model) is not None:
-        return
-    resolve_base_model(model, settings.resolved_models_dir, settings.allow_network)
+def _pinned_model(session: Session, settings: Settings, project_id: str, model: str) -> str:
+    """The model the job starts from, as it will stay: one of the project's versions by its
+    id (a name or alias sent may name another version by the time the job trains or
+    resumes), else a base model's id."""
+    version = registry.find_version(session, project_id, model)
+    if version is None:
+        resolve_base_model(model, settings.resolved_models_dir, settings.allow_network)
+        return model
+    registry.check_trainable_base(version, model)
+    return version.id
 
 
 def _check_capacity(session: Session, settings: Settings, project_id: str) -> None:
@@ -73,8 +79,9 @@ def create_job(session: Session, settings: Settings, project_id: str, request: J
     _check_capacity(session, settings, project_id)
     training, validation = _job_files(session, project_id, request)
     task = _job_task(request, training, validation)
-    _check_base_model(session, settings, project_id, request.model)
+    model = _pinned_model(session, settings, project_id, request.model)
     job = _new_job(project_id, request, task, training, validation)
+    job.model = model
     job.idempotency_key, job.request_hash = idempotency_key, digest
     return _insert(session, job)
 

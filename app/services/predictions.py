@@ -105,8 +105,7 @@ class Predictor:
     def _resolve_now(self, project_id: str, ref: str) -> ServedVersion:
         with session_factory(self.settings)() as session:
             version = registry.resolve_version(session, project_id, ref)
-            base = registry.model_source(session, self.settings, self.store, project_id,
-                                         version.base_model) \
+            base = registry.adapter_base_source(session, self.settings, self.store, version) \
                 if registry.is_adapter_version(version) else None
             return ServedVersion.of(version, base)
 

@@ -82,11 +82,28 @@ def model_source(session: Session, settings: Settings, store: ArtifactStore, pro
     if version is None:
         return resolve_base_model(ref, settings.resolved_models_dir,
                                   settings.allow_network).source
+    check_trainable_base(version, ref)
+    return str(store.local_path(version.storage_key))
+
+
+def check_trainable_base(version: ModelVersion, ref: str) -> None:
+    """A job starts from whole weights: an adapter version has none of its own."""
     if is_adapter_version(version):
         raise InvalidRequest(f"Model '{ref}' is a LoRA adapter of '{version.base_model}'; start "
                              "the job from that base model, or from a full fine-tune.",
                              param="model", code="adapter_as_base")
-    return str(store.local_path(version.storage_key))
+
+
+def adapter_base_source(session: Session, settings: Settings, store: ArtifactStore,
+                        version: ModelVersion) -> str:
+    """Where an adapter version's base weights are. Its base is pinned: a version id, or a
+    base model's id that a project model of the same name must not shadow."""
+    if _VERSION_ID.match(version.base_model):
+        base = find_version(session, version.project_id, version.base_model)
+        if base is not None:
+            return str(store.local_path(base.storage_key))
+    return resolve_base_model(version.base_model, settings.resolved_models_dir,
+                              settings.allow_network).source
 
 
 def _pinned_base(session: Session, job: FineTuningJob, base_model: str) -> str:

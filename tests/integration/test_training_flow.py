@@ -303,6 +303,19 @@ def test_continue_training_from_a_fine_tuned_version(flow: Flow) -> None:
     check_classification(predict(flow.client, "sentiment-more"), "ft:sentiment-more:v1")
 
 
+def test_a_job_from_a_name_or_alias_starts_from_the_version_it_named(flow: Flow) -> None:
+    # Pinned at creation: a version registered, or an alias moved, while the job waits or is
+    # paused must not change the weights it trains from, nor its lineage.
+    by_alias = create_job(flow.client, model="sentiment@production",
+                          training_file=flow.train_file["id"], suffix="pinned")
+    by_name = create_job(flow.client, model="sentiment", training_file=flow.train_file["id"],
+                         suffix="pinned")
+    latest = flow.client.get("/v1/registry/sentiment").json()["versions"][-1]["id"]
+    assert by_alias["model"] == "ft:sentiment:v1" and by_name["model"] == latest
+    for job in (by_alias, by_name):
+        flow.client.post(f"{JOBS}/{job['id']}/cancel")
+
+
 def test_model_still_training_is_not_ready(flow: Flow) -> None:
     create_job(flow.client, model=BASE_MODEL, training_file=flow.train_file["id"],
                suffix="pending")

@@ -94,6 +94,22 @@ def test_lora_is_refused_for_language_modelling_and_unknown_architectures(
         with_adapters(model, LORA, TASK.name)
 
 
+def test_an_unknown_architecture_is_refused_before_any_process_starts(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Across processes an error inside a rank reads only as a failed process: the base is
+    # checked before the launch, so the job fails with lora_unsupported as it does in one.
+    base = tmp_path / "mystery-base"
+    TASK.load_model(tiny_model_dir, ["neg", "pos"]).save_pretrained(base)
+    config = base / "config.json"
+    config.write_text(config.read_text().replace('"model_type": "bert"',
+                                                 '"model_type": "mystery"'))
+    plan = dataclasses.replace(lora_plan(tiny_model_dir, tmp_path / "job"),
+                               base_model=str(base), processes=2)
+    with pytest.raises(InvalidRequest, match="'mystery' architecture"):
+        fine_tune(plan, RecordingObserver())
+    assert not (tmp_path / "job").exists()  # nothing trained, nothing launched
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     plan = lora_plan(tiny_model_dir, tmp_path_factory.mktemp("lora") / "job")
