@@ -143,19 +143,17 @@ def test_a_full_fine_tune_has_no_adapter_export(service: Service) -> None:
 
 def test_an_adapter_is_not_the_base_of_another_job(service: Service) -> None:
     file_id = upload_rows(service.client, filename="more.jsonl")["id"]
-    job = train(service.client, service.settings, model=service.adapters[0], file=file_id)
-    assert job["status"] == "failed"
-    assert job["error"]["code"] == "adapter_as_base", job["error"]
-    assert "is a LoRA adapter of 'tiny-bert'" in job["error"]["message"], job["error"]
+    refused = service.client.post(JOBS, json={"model": service.adapters[0],
+                                              "training_file": file_id})
+    assert_error(refused, 422, "adapter_as_base", "model", "is a LoRA adapter of 'tiny-bert'")
 
 
-def test_lora_on_a_file_of_plain_text_fails_the_job_saying_why(service: Service) -> None:
+def test_lora_on_a_file_of_plain_text_is_refused_saying_why(service: Service) -> None:
     text = upload_rows(service.client, [{"text": f"plain sentence {i}"} for i in range(20)],
                        filename="text.jsonl")["id"]
-    job = train(service.client, service.settings, model=BASE_MODEL, file=text,
-                hyperparameters={"n_epochs": 1, "lora": LORA})
-    assert job["task"] == "masked-lm" and job["status"] == "failed"
-    assert job["error"]["code"] == "lora_unsupported", job["error"]
+    refused = service.client.post(JOBS, json={"model": BASE_MODEL, "training_file": text,
+                                              "hyperparameters": {"n_epochs": 1, "lora": LORA}})
+    assert_error(refused, 422, "lora_unsupported", "hyperparameters.lora", "masked-lm")
 
 
 def test_a_version_adapters_serve_over_is_kept_until_they_go(service: Service) -> None:
@@ -166,7 +164,9 @@ def test_a_version_adapters_serve_over_is_kept_until_they_go(service: Service) -
     versions = service.client.get("/v1/registry/on-whole").json()["versions"]
     assert service.client.get(f"/v1/models/{job['fine_tuned_model']}").json()["base_model"] \
         == service.full  # pinned to the version, not to the name that may move
-    assert versions[0]["lineage"]["base_model"] == "whole"
+    # The job named "whole"; it was pinned to the version that name meant then.
+    assert job["model"] == service.full
+    assert versions[0]["lineage"]["base_model"] == service.full
     assert len(predict(service, job["fine_tuned_model"])) == len(TEXTS)
     refused = service.client.delete(f"/v1/models/{service.full}")
     assert_error(refused, 409, "base_of_adapters", "model", job["fine_tuned_model"])
