@@ -61,14 +61,17 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._stopping.is_set():
             started = time.monotonic()
-            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker",
-                                             "--exit-with-parent", str(os.getpid())])
-            code = self.process.wait()
+            try:
+                self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker",
+                                                 "--exit-with-parent", str(os.getpid())])
+                outcome = f"exited with {self.process.wait()}"
+            except OSError as exc:  # the start itself failed: try again, never go on without
+                outcome = f"could not start ({exc})"
             if self._stopping.is_set():
                 return
             # A worker that ran a while before dying gets a quick restart; a crash loop backs off.
             backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 60.0)
-            log.warning("worker exited with %s; restarting in %.0fs", code, backoff)
+            log.warning("worker %s; restarting in %.0fs", outcome, backoff)
             self._stopping.wait(backoff)
 
 
