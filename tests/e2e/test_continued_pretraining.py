@@ -22,6 +22,7 @@ MIN_ACCURACY = 0.65
 
 
 @pytest.mark.e2e
+@pytest.mark.rotating
 def test_pretrain_on_plain_text_then_classify_from_it(
         tmp_path: Path, sst2_train: list[dict[str, Any]],
         sst2_dev: list[dict[str, Any]]) -> None:

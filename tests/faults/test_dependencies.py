@@ -30,7 +30,8 @@ from tests.faults.conftest import (
 )
 from tests.live import LiveService, ServiceError, events_text, expect, live_service
 
-pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.faults, pytest.mark.rotating, pytest.mark.postgres,
+              pytest.mark.timeout(420)]
 
 
 OUTAGE_S = 4.0

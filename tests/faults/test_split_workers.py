@@ -31,7 +31,8 @@ from tests.faults.conftest import (
 )
 from tests.live import LiveProcess, LiveService, ServiceError, live_service
 
-pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.faults, pytest.mark.rotating, pytest.mark.postgres,
+              pytest.mark.timeout(420)]
 SKIPPED = "is not claimable"
 
 

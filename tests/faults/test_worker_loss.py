@@ -34,7 +34,7 @@ from tests.faults.conftest import (
 )
 from tests.live import live_service
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.faults, pytest.mark.rotating, pytest.mark.timeout(420)]
 
 
 def whole_checkpoints(data_dir: Path) -> list[int]:

@@ -18,8 +18,8 @@ from tests.live import live_service
 from tests.security.fuzz import Pass, fuzz, seed, service_env, tiny_models
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-# About two minutes per deployment, service start and training included.
-MAIN_S = int(os.environ.get("TUNEFORGE_TEST_FUZZ_SECONDS", "70"))
+# About a minute and a half per deployment, service start and training included.
+MAIN_S = int(os.environ.get("TUNEFORGE_TEST_FUZZ_SECONDS", "45"))
 DELETE_S = 15
 
 
