@@ -49,6 +49,9 @@ FAST_LEASES = {
     "TUNEFORGE_DISPATCH_RETRY_SECONDS": str(DISPATCH_RETRY_S),
     "TUNEFORGE_REDISPATCH_SECONDS": str(REDISPATCH_S),
     "TUNEFORGE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+    # These tests poll jobs and events several times a second for minutes; the rate limit
+    # has tests of its own (tests/security/test_limits.py).
+    "TUNEFORGE_RATE_LIMIT_PER_MINUTE": "100000",
 }
 # Trainer logs every step only while a run has fewer than 40 steps (logging_steps is
 # total_steps // 20, at least 1): so jobs here have at most 39 steps, and every step shows

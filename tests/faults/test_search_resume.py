@@ -95,7 +95,6 @@ def test_a_killed_search_keeps_finished_trials_and_resumes_the_running_one(
         assert versions_of(client, spec.suffix) == [done["fine_tuned_model"]]
 
 
-@pytest.mark.rotating
 def test_cancelling_a_search_stops_its_running_trial_and_starts_no_other(
         tmp_path: Path, models_dir: Path) -> None:
     spec = JobSpec(suffix="cancelsearch", eval_steps=6)
