@@ -14,9 +14,10 @@ worker leaves no training processes behind.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 import math
 import os
-import pickle
 import secrets
 import signal
 import subprocess
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 RELAY_POLL_S = 0.2
 # How long the launcher gets to end its ranks after the run, before its session is killed.
 LAUNCHER_EXIT_S = 60.0
-_PLAN, _AUTHKEY, _SOCKET = "plan.pkl", "authkey", "rank0.sock"
+_PLAN, _AUTHKEY, _SOCKET = "plan.json", "authkey", "rank0.sock"
 _REPORTS = frozenset({"on_progress", "on_evaluation", "on_checkpoint"})
 _STOP_CODES = list(StopReason)
 
@@ -144,7 +145,7 @@ def _run_rank(folder: Path) -> None:
     """One rank's life: join the group, train, and (rank 0) hand the result to the owner."""
     from app.ml.training import train_in_this_process  # this module is imported by it
 
-    plan = pickle.loads((folder / _PLAN).read_bytes())
+    plan = _plan_from_json((folder / _PLAN).read_text())
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -163,6 +164,28 @@ def _run_rank(folder: Path) -> None:
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _plan_to_json(plan: TrainingPlan) -> str:
+    """The plan as plain JSON for the ranks: rows, settings and the task's name, nothing
+    that runs code when it is read back."""
+    fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
+    return json.dumps({**fields, "task": plan.task.name, "train_rows": list(plan.train_rows),
+                       "eval_rows": list(plan.eval_rows), "output_dir": str(plan.output_dir),
+                       "hyperparameters": dataclasses.asdict(plan.hyperparameters)})
+
+
+def _plan_from_json(text: str) -> TrainingPlan:
+    from app.ml.hyperparameters import Hyperparameters, LoraSettings
+    from app.ml.tasks.catalog import get_task
+    from app.ml.training import TrainingPlan
+
+    raw = json.loads(text)
+    settings = raw["hyperparameters"]
+    hyperparameters = Hyperparameters(**{**settings, "reasons": tuple(settings["reasons"]),
+                                         "lora": LoraSettings.of(settings["lora"])})
+    return TrainingPlan(**{**raw, "task": get_task(raw["task"]), "output_dir":
+                           Path(raw["output_dir"]), "hyperparameters": hyperparameters})
 
 
 # ------------------------------------------------------------------ in the owner
@@ -190,7 +213,7 @@ def fine_tune_across_processes(plan: TrainingPlan, observer: TrainingObserver
         folder = Path(temporary)
         authkey = secrets.token_bytes(32)
         (folder / _AUTHKEY).write_bytes(authkey)
-        (folder / _PLAN).write_bytes(pickle.dumps(plan))
+        (folder / _PLAN).write_text(_plan_to_json(plan))
         launcher = subprocess.Popen(
             [sys.executable, "-m", "app.ml.distributed", "launch", str(folder),
              str(plan.processes), str(os.getpid())],
