@@ -28,8 +28,8 @@ PREDICT_BATCH = 32
 HYPERPARAMETERS: dict[str, type] = {
     "n_epochs": int, "batch_size": int, "learning_rate": float,
     "learning_rate_multiplier": float, "max_length": int, "warmup_ratio": float,
-    "weight_decay": float, "gradient_accumulation_steps": int, "eval_steps": int,
-    "early_stopping_patience": int}
+    "weight_decay": float, "max_grad_norm": float, "gradient_accumulation_steps": int,
+    "eval_steps": int, "early_stopping_patience": int}
 
 
 def run_command(handler: Handler, args: argparse.Namespace) -> int:

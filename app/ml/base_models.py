@@ -1,5 +1,6 @@
 """Base models a job may start from: the bundled MiniLM, local folders, and hub ids if allowed."""
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -62,3 +63,13 @@ def parameter_count(source: str) -> int | None:
             for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
                 total += math.prod(weights.get_slice(name).get_shape())
     return total or None
+
+
+def max_positions(source: str) -> int | None:
+    """The longest input the model takes (its config's max_position_embeddings), or None for
+    a hub id or a config without it."""
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None

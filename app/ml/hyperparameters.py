@@ -9,6 +9,11 @@ and the base model, and each choice comes with the reason a job records as an ev
 - learning_rate: by the base model's size (small encoders train best with larger steps:
   1e-4 under 50M parameters, 5e-5 under 200M, 2e-5 above), doubled when the whole run makes
   fewer than FEW_STEPS updates; learning_rate_multiplier scales the result.
+- max_length (tasks that cut long rows: text, pair and multi-label classification): 128
+  tokens where that holds all but the longest 1% of the training rows; otherwise the 99th
+  percentile of row lengths rounded up to a multiple of 64, at most the base model's
+  positions. A cut row loses words the label may rest on; a longer limit costs time only on
+  the long rows, because batches are padded to their own longest row.
 - eval_steps: about EVALUATIONS_PER_RUN evaluations over the run (at least every
   MIN_EVAL_STEPS steps, and at least once an epoch), each one a checkpoint the best can be
   picked from.
@@ -32,6 +37,12 @@ EVALUATIONS_PER_RUN = 8
 MIN_EVAL_STEPS = 10
 PATIENCE = 3
 MAX_LENGTH = 128
+MAX_GRAD_NORM = 1.0
+# Rows longer than MAX_LENGTH tokens the default may cut (1%), and the step a longer limit
+# rounds up to.
+LONG_ROWS_ALLOWED = 0.01
+MAX_LENGTH_STEP = 64
+LONGEST_MAX_LENGTH = 512
 # Learning rate by base-model size: (parameters below, learning rate).
 LEARNING_RATE_BY_SIZE = ((50_000_000, 1e-4), (200_000_000, 5e-5))
 LARGE_MODEL_LEARNING_RATE = 2e-5
@@ -61,6 +72,11 @@ class DataProfile:
     n_rows: int
     # The base model's parameter count; None where it cannot be read without loading it.
     parameters: int | None = None
+    # Tokens in the training rows' 99th-percentile row, special tokens included; None for
+    # tasks that never cut rows (see TaskAdapter.truncates_rows).
+    long_row_tokens: int | None = None
+    # The longest input the base model takes (max_position_embeddings), where known.
+    max_positions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class Hyperparameters:
     max_length: int
     warmup_ratio: float
     weight_decay: float
+    max_grad_norm: float
     gradient_accumulation_steps: int
     eval_steps: int | None
     early_stopping_patience: int | None
@@ -136,6 +153,23 @@ def auto_learning_rate(parameters: int | None, total_steps: int,
     return rate, f"learning_rate {rate:.0e} because {' and '.join(why)}"
 
 
+def auto_max_length(long_row_tokens: int | None,
+                    max_positions: int | None) -> tuple[int, str | None]:
+    """The token limit rows are cut at, and why (None: nothing measured, nothing to say)."""
+    if long_row_tokens is None:
+        return MAX_LENGTH, None
+    share = f"{1 - LONG_ROWS_ALLOWED:.0%} of the training rows"
+    if long_row_tokens <= MAX_LENGTH:
+        return MAX_LENGTH, (f"max_length {MAX_LENGTH} because {share} are at most "
+                            f"{long_row_tokens} tokens")
+    ceiling = min(LONGEST_MAX_LENGTH, max_positions or LONGEST_MAX_LENGTH)
+    length = min(ceiling, math.ceil(long_row_tokens / MAX_LENGTH_STEP) * MAX_LENGTH_STEP)
+    why = f"max_length {length} because {share} are up to {long_row_tokens} tokens"
+    if length < long_row_tokens:
+        why += f" (the most the base model takes is {ceiling})"
+    return length, why
+
+
 def auto_eval_steps(total_steps: int, steps_per_epoch: int) -> tuple[int, str]:
     every = min(steps_per_epoch, max(MIN_EVAL_STEPS,
                                      math.ceil(total_steps / EVALUATIONS_PER_RUN)))
@@ -148,10 +182,11 @@ def resolve(raw: dict[str, Any], profile: DataProfile | int) -> Hyperparameters:
         profile = DataProfile(n_rows=profile)
     reasons: list[str] = []
 
-    def chosen(value: Any, auto: tuple[Any, str]) -> Any:
+    def chosen(value: Any, auto: tuple[Any, str | None]) -> Any:
         if value is not None:
             return value
-        reasons.append(auto[1])
+        if auto[1]:
+            reasons.append(auto[1])
         return auto[0]
 
     batch_size = int(chosen(_given(raw, "batch_size"), auto_batch_size(profile.n_rows)))
@@ -175,11 +210,14 @@ def resolve(raw: dict[str, Any], profile: DataProfile | int) -> Hyperparameters:
         batch_size=batch_size,
         learning_rate=learning_rate,
         learning_rate_multiplier=multiplier,
-        max_length=int(_given(raw, "max_length") or MAX_LENGTH),
+        max_length=int(chosen(_given(raw, "max_length"),
+                              auto_max_length(profile.long_row_tokens, profile.max_positions))),
         warmup_ratio=float(_given(raw, "warmup_ratio") if raw.get("warmup_ratio") is not None
                            else 0.06),
         weight_decay=float(_given(raw, "weight_decay") if raw.get("weight_decay") is not None
                            else 0.01),
+        max_grad_norm=float(_given(raw, "max_grad_norm") if raw.get("max_grad_norm") is not None
+                            else MAX_GRAD_NORM),
         gradient_accumulation_steps=accumulation,
         eval_steps=int(eval_steps),
         early_stopping_patience=int(patience),

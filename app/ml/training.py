@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from app.domain.statuses import StopReason
+from app.ml.base_models import max_positions, parameter_count
 from app.ml.batching import LengthGroupedSampler
 from app.ml.checkpoints import MANIFEST, latest_complete_checkpoint, write_manifest
 from app.ml.distributed import (
@@ -40,11 +41,14 @@ from app.ml.distributed import (
     gathered_on_first,
     per_process,
 )
-from app.ml.hyperparameters import Hyperparameters
+from app.ml.hyperparameters import DataProfile, Hyperparameters
 from app.ml.lora import check_base, finish_checkpoint, is_adapter_model, with_adapters
 from app.ml.precision import use_bf16
 from app.ml.selection import choose_checkpoint
 from app.ml.tasks.base import SOURCE_ROW, Row, TaskAdapter
+
+# Rows tokenized to measure row lengths for the automatic max_length.
+PROFILE_ROWS = 2_000
 
 # How often (in optimizer steps) the CPU thread count is re-measured: load on a shared host moves.
 THREAD_RETUNE_STEPS = 50
@@ -398,6 +402,7 @@ def _training_arguments(plan: TrainingPlan, steps_per_epoch: int,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         weight_decay=hp.weight_decay,
+        max_grad_norm=hp.max_grad_norm,
         lr_scheduler_type="linear",
         warmup_steps=math.ceil(total_steps * hp.warmup_ratio),
         eval_strategy=strategy,
@@ -451,6 +456,22 @@ def fine_tune(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:
     if plan.processes > 1:
         return fine_tune_across_processes(plan, observer)
     return train_in_this_process(plan, observer)
+
+
+def data_profile(task: TaskAdapter, rows: Sequence[Row], base_model: str) -> DataProfile:
+    """What the automatic hyperparameters look at: the row count, the base model's size and
+    input limit, and (for tasks that cut long rows) how long the rows are in its tokens."""
+    long_rows = None
+    if task.truncates_rows and rows:
+        # Evenly spaced rows, at most PROFILE_ROWS: a percentile needs no more.
+        sample = [rows[i] for i in range(0, len(rows), math.ceil(len(rows) / PROFILE_ROWS))]
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        texts, pairs = zip(*(task.row_inputs(row) for row in sample), strict=True)
+        encoded = tokenizer(list(texts), list(pairs) if pairs[0] is not None else None)
+        lengths = sorted(len(ids) for ids in encoded["input_ids"])
+        long_rows = lengths[min(len(lengths) - 1, math.ceil(0.99 * len(lengths)) - 1)]
+    return DataProfile(n_rows=len(rows), parameters=parameter_count(base_model),
+                       long_row_tokens=long_rows, max_positions=max_positions(base_model))
 
 
 def train_in_this_process(plan: TrainingPlan, observer: TrainingObserver) -> TrainingResult:

@@ -53,6 +53,8 @@ class HyperparametersIn(StrictModel):
     max_length: Annotated[int, Field(ge=8, le=512)] | None = None
     warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] | None = None
     weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None
+    # Gradients are scaled down to this norm before each update; 0 turns clipping off.
+    max_grad_norm: Annotated[float, Field(ge=0, le=1000)] | None = None
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=64)] | None = None
     eval_steps: Annotated[int, Field(ge=1)] | None = None
     early_stopping_patience: Annotated[int, Field(ge=0, le=100)] | None = None

@@ -19,7 +19,6 @@ from app.domain.lifecycle import JobFailure, record_event, transition
 from app.domain.statuses import JobStatus, StopReason
 from app.errors import StorageUnavailable, TuneforgeError
 from app.ids import new_id, now
-from app.ml.base_models import parameter_count
 from app.ml.distributed import ProcessesUnavailable, check_processes
 from app.ml.hyperparameters import DataProfile, Hyperparameters, resolve
 from app.ml.precision import use_bf16
@@ -29,6 +28,7 @@ from app.ml.training import (
     TrainingObserver,
     TrainingPlan,
     TrainingResult,
+    data_profile,
     fine_tune,
     stratified_split,
     strip_resume_state,
@@ -204,7 +204,7 @@ def _prepare(session: Session, settings: Settings, store: ArtifactStore,
     task = get_task(job.task)
     train_rows, eval_rows = training_rows(session, store, job, task)
     source = base_model_source(session, settings, store, job)
-    profile = DataProfile(n_rows=len(train_rows), parameters=parameter_count(source))
+    profile = data_profile(task, train_rows, source)
     plan = TrainingPlan(task=task, base_model=source, train_rows=train_rows,
                         eval_rows=eval_rows, labels=task.labels(train_rows),
                         hyperparameters=chosen_hyperparameters(session, job, profile),

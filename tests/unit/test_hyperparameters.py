@@ -73,7 +73,8 @@ def test_auto_strings_equal_absent_values() -> None:
 
 def test_explicit_values_win_and_record_no_reasons() -> None:
     raw = {"n_epochs": 7, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64,
-           "warmup_ratio": 0.2, "weight_decay": 0.3, "gradient_accumulation_steps": 2,
+           "warmup_ratio": 0.2, "weight_decay": 0.3, "max_grad_norm": 0.0,
+           "gradient_accumulation_steps": 2,
            "eval_steps": 10, "early_stopping_patience": 3}
     resolved = _auto(100_000, **raw)
     assert resolved.as_dict() == {**raw, "learning_rate_multiplier": 1.0}
@@ -104,6 +105,44 @@ def test_a_row_count_alone_still_resolves() -> None:
 def test_as_dict_is_json_ready() -> None:
     data = _auto(10, n_epochs=2).as_dict()
     assert set(data) == {"n_epochs", "batch_size", "learning_rate", "learning_rate_multiplier",
-                         "max_length", "warmup_ratio", "weight_decay",
+                         "max_length", "warmup_ratio", "weight_decay", "max_grad_norm",
                          "gradient_accumulation_steps", "eval_steps", "early_stopping_patience"}
     assert isinstance(data["n_epochs"], int) and isinstance(data["learning_rate"], float)
+
+
+def _lengths(long_row_tokens: int | None, max_positions: int | None = 512,
+             **raw: object) -> Hyperparameters:
+    return resolve(dict(raw), DataProfile(n_rows=2_000, parameters=MINILM,
+                                          long_row_tokens=long_row_tokens,
+                                          max_positions=max_positions))
+
+
+def test_rows_that_fit_keep_the_default_token_limit_and_say_so() -> None:
+    resolved = _lengths(97)
+    assert resolved.max_length == 128
+    assert "max_length 128 because 99% of the training rows are at most 97 tokens" in \
+        resolved.reasons
+
+
+@pytest.mark.parametrize("long_row_tokens,max_positions,limit", [
+    (129, 512, 192), (250, 512, 256), (300, 512, 320), (900, 512, 512), (300, 256, 256),
+])
+def test_long_rows_raise_the_token_limit_up_to_what_the_model_takes(
+        long_row_tokens: int, max_positions: int, limit: int) -> None:
+    resolved = _lengths(long_row_tokens, max_positions)
+    assert resolved.max_length == limit
+    reason = next(r for r in resolved.reasons if r.startswith("max_length"))
+    assert f"up to {long_row_tokens} tokens" in reason
+    assert ("the most the base model takes" in reason) == (limit < long_row_tokens)
+
+
+def test_an_explicit_token_limit_wins_over_long_rows() -> None:
+    resolved = _lengths(400, max_length=64)
+    assert resolved.max_length == 64
+    assert not any(r.startswith("max_length") for r in resolved.reasons)
+
+
+def test_unmeasured_rows_get_the_default_token_limit_silently() -> None:
+    resolved = _lengths(None)
+    assert resolved.max_length == 128
+    assert not any(r.startswith("max_length") for r in resolved.reasons)

@@ -116,10 +116,10 @@ EVAL_ROWS = [{"text": r["text"], "label": _FLIP[r["label"]]} for r in sentiment_
 
 
 def make_plan(model_dir: Path, output_dir: Path, *, batch_size: int = 8, n_epochs: int = 2,
-              learning_rate: float = 3e-3, seed: int = 0) -> TrainingPlan:
+              learning_rate: float = 3e-3, seed: int = 0, **more: Any) -> TrainingPlan:
     task = TextClassification()
     hyperparameters = resolve({"n_epochs": n_epochs, "batch_size": batch_size,
-                               "learning_rate": learning_rate, "max_length": 32},
+                               "learning_rate": learning_rate, "max_length": 32, **more},
                               len(TRAIN_ROWS))
     return TrainingPlan(task=task, base_model=str(model_dir), train_rows=TRAIN_ROWS,
                         eval_rows=EVAL_ROWS, labels=task.labels(TRAIN_ROWS),
@@ -222,6 +222,18 @@ def test_same_seed_gives_same_training(tiny_model_dir: Path, tmp_path: Path) -> 
         fine_tune(make_plan(tiny_model_dir, tmp_path / str(attempt), n_epochs=1), observer)
         losses.append([p["train_loss"] for p in observer.progress])
     assert losses[0] == pytest.approx(losses[1])
+
+
+def test_gradient_clipping_is_the_jobs_setting(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """max_grad_norm reaches the loop: clipping hard changes the run, and 0 clips nothing."""
+    losses = {}
+    for norm in (0.0, 1e-3):
+        observer = RecordingObserver()
+        fine_tune(make_plan(tiny_model_dir, tmp_path / str(norm), n_epochs=1,
+                            max_grad_norm=norm), observer)
+        losses[norm] = [p["train_loss"] for p in observer.progress]
+    assert losses[0.0][0] == pytest.approx(losses[1e-3][0])  # the same first batch
+    assert losses[0.0] != pytest.approx(losses[1e-3])
 
 
 def test_result_statistics(full_run: Run, tiny_tokenizer: Any) -> None:

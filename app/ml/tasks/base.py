@@ -92,6 +92,15 @@ class TaskAdapter(ABC):
     @abstractmethod
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any: ...
 
+    # Whether `max_length` cuts rows short (classification truncates; token classification
+    # windows long sentences and language modelling packs blocks, so neither loses text).
+    truncates_rows = False
+
+    def row_inputs(self, row: Row) -> tuple[str, str | None]:
+        """The text (and pair) a row is tokenized from, for measuring row lengths; only
+        tasks that truncate rows need it."""
+        raise NotImplementedError
+
     @abstractmethod
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
         """Load weights from a directory (safetensors only); labels given = new head."""

@@ -112,6 +112,11 @@ class TextClassification(TaskAdapter):
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any:
         return DataCollatorWithPadding(tokenizer)
 
+    truncates_rows = True
+
+    def row_inputs(self, row: Row) -> tuple[str, str | None]:
+        return row["text"], row.get("text_pair")
+
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
         return load_pretrained(AutoModelForSequenceClassification, path, labels)
 

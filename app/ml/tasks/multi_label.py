@@ -154,6 +154,11 @@ class MultiLabelClassification(TaskAdapter):
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any:
         return DataCollatorWithPadding(tokenizer)
 
+    truncates_rows = True
+
+    def row_inputs(self, row: Row) -> tuple[str, str | None]:
+        return row["text"], None
+
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
         return load_pretrained(AutoModelForSequenceClassification, path, labels,
                                problem_type=PROBLEM_TYPE)
