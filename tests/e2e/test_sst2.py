@@ -86,6 +86,10 @@ def test_sst2_fine_tune_and_predict(kind: str, request: pytest.FixtureRequest, t
         # 720 rows (10% held out) in one epoch of batch 16 is 45 steps: MiniLM's 1e-4, doubled.
         assert any(e["message"].startswith("auto: learning_rate 2e-04 because a 23M-parameter "
                                            "model and only 45 optimizer steps") for e in events)
+        # SST-2 rows are short phrases: the default token limit holds them, measured in
+        # MiniLM's own tokens.
+        assert any(e["message"].startswith("auto: max_length 128 because 99% of the training "
+                                           "rows are at most") for e in events)
         assert progress["fraction"] == 1.0, progress
 
         _assert_progress_events(all_events(client, job["id"]))
