@@ -27,9 +27,11 @@ printed beside it. Run it alone on the machine: it trains dozens of models.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import common
@@ -59,7 +61,9 @@ CASES = {"sst2": Case("sst2", "dev.jsonl"), "agnews": Case("agnews", "test.jsonl
          # The issue's new user: 800 movie reviews, only n_epochs 1, no validation file, scored
          # on 300 held-out reviews.
          "sst2-800": Case("sst2", "dev.jsonl", rows=800, test_rows=300,
-                          sent=(("n_epochs", 1),), validation=False)}
+                          sent=(("n_epochs", 1),), validation=False),
+         # The same rows and user, sending nothing at all.
+         "sst2-800-auto": Case("sst2", "dev.jsonl", rows=800, test_rows=300, validation=False)}
 
 
 def split_rows(case: Case, args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]]:
@@ -140,13 +144,13 @@ def service_job(service: common.Service, ids: tuple[str, str], case: Case,
     return result
 
 
-def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_case(name: str, args: argparse.Namespace, known: Known) -> dict[str, Any]:
     case = CASES[name]
     train, validation, test = split_rows(case, args)
     print(f"\n== {name}: {len(train)} train rows, {len(validation)} validation rows, "
           f"{len(test)} scored rows", flush=True)
     seeds = list(range(args.seeds))
-    grid = plain_grid(case, train, test, args)
+    grid = plain_grid(case, train, test, args, known)
     sent = dict(case.sent)
     # The bar: the grid's best point among those the user's own choices allow.
     allowed = [p for p in grid if sent.get("n_epochs") in (None, p[1])] or list(grid)
@@ -168,21 +172,48 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
                               seeds[0], test)] if args.search_trials else []
         print(f"service search, {args.search_trials} trials: {search}", flush=True)
     return {"grid": {f"{lr:g}x{ep}": scores for (lr, ep), scores in grid.items()},
+            "rows": len(train), "test_rows": len(test),
             "best_point": {"learning_rate": best_lr, "n_epochs": best_epochs},
             "plain_best": statistics.median(grid[best_lr, best_epochs]),
             "plain_best_any_epochs": overall, "sent": sent,
             "defaults": defaults, "at_best": at_best, "search": search}
 
 
-def plain_grid(case: Case, train: list[Any], test: list[Any],
-               args: argparse.Namespace) -> dict[tuple[float, int], list[float]]:
+Known = dict[tuple[Any, ...], list[float]]
+
+
+def plain_grid(case: Case, train: list[Any], test: list[Any], args: argparse.Namespace,
+               known: Known) -> dict[tuple[float, int], list[float]]:
+    """Every grid point's scores; a point already scored on the same rows (an earlier case of
+    this run, or --grid-from) is not trained again: the plain loop is deterministic."""
+    rows = (case.folder, len(train), len(test))
     grid: dict[tuple[float, int], list[float]] = {}
     for lr in args.grid_lrs:
         for epochs in args.grid_epochs:
-            grid[lr, epochs] = [plain_point(case, train, test, lr, epochs, s, args)
-                                for s in range(args.grid_seeds or args.seeds)]
-            print(f"plain lr {lr:g} x {epochs} epochs: {grid[lr, epochs]}", flush=True)
+            point = (*rows, f"{lr:g}x{epochs}")
+            reused = point in known
+            grid[lr, epochs] = known[point] if reused else [
+                plain_point(case, train, test, lr, epochs, s, args)
+                for s in range(args.grid_seeds or args.seeds)]
+            known[point] = grid[lr, epochs]
+            print(f"plain lr {lr:g} x {epochs} epochs{' (known)' if reused else ''}: "
+                  f"{grid[lr, epochs]}", flush=True)
     return grid
+
+
+def known_grid(path: str | None, args: argparse.Namespace) -> Known:
+    """Grid points of an earlier run's results file, by the rows they were scored on."""
+    if not path:
+        return {}
+    earlier = json.loads(Path(path).read_text())
+    known: Known = {}
+    for name, r in earlier["cases"].items():
+        case, options = CASES[name], earlier["args"]
+        rows = r.get("rows", case.rows or options["rows"])
+        test_rows = r.get("test_rows", case.test_rows or options["test_rows"])
+        for point, scores in r["grid"].items():
+            known[case.folder, rows, test_rows, point] = scores
+    return known
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -235,9 +266,12 @@ def main(argv: list[str] | None = None) -> None:
                              "trains here; half the time at equal accuracy)")
     parser.add_argument("--search-trials", type=int, default=8,
                         help="trials of the search job (0: no search job)")
+    parser.add_argument("--grid-from", help="an earlier results file whose grid points on the "
+                                            "same rows are reused instead of trained again")
     parser.add_argument("--url", help="use this running service instead of starting one")
     args = parser.parse_args(argv)
-    results = {name: run_case(name, args) for name in args.cases.split(",")}
+    known = known_grid(args.grid_from, args)
+    results = {name: run_case(name, args, known) for name in args.cases.split(",")}
     print(f"\n(median of {args.seeds} seed(s); score = accuracy, or entity F1 for conll)")
     print(summary(results))
     common.write_results("quality", args, {"cases": results})
