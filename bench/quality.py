@@ -66,14 +66,18 @@ CASES = {"sst2": Case("sst2", "dev.jsonl"), "agnews": Case("agnews", "test.jsonl
          "sst2-800-auto": Case("sst2", "dev.jsonl", rows=800, test_rows=300, validation=False)}
 
 
+def row_counts(case: Case, options: dict[str, Any]) -> tuple[int, int]:
+    """Training and scored rows of a case, under a run's options (vars of its arguments)."""
+    return case.rows or options["rows"], case.test_rows or options["test_rows"]
+
+
 def split_rows(case: Case, args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]]:
     """Training rows, validation rows (other train rows) and the scored test rows."""
     pool = common.read_jsonl(common.SHARED_DATA / case.folder / "train.jsonl")
     random.Random(0).shuffle(pool)
-    rows = case.rows or args.rows
+    rows, test_rows = row_counts(case, vars(args))
     n_val = max(20, rows // 10)
-    test = common.read_jsonl(common.SHARED_DATA / case.folder / case.test_file,
-                             case.test_rows or args.test_rows)
+    test = common.read_jsonl(common.SHARED_DATA / case.folder / case.test_file, test_rows)
     return pool[:rows], pool[rows:rows + n_val], test
 
 
@@ -172,7 +176,6 @@ def run_case(name: str, args: argparse.Namespace, known: Known) -> dict[str, Any
                               seeds[0], test)] if args.search_trials else []
         print(f"service search, {args.search_trials} trials: {search}", flush=True)
     return {"grid": {f"{lr:g}x{ep}": scores for (lr, ep), scores in grid.items()},
-            "rows": len(train), "test_rows": len(test),
             "best_point": {"learning_rate": best_lr, "n_epochs": best_epochs},
             "plain_best": statistics.median(grid[best_lr, best_epochs]),
             "plain_best_any_epochs": overall, "sent": sent,
@@ -186,7 +189,7 @@ def plain_grid(case: Case, train: list[Any], test: list[Any], args: argparse.Nam
                known: Known) -> dict[tuple[float, int], list[float]]:
     """Every grid point's scores; a point already scored on the same rows (an earlier case of
     this run, or --grid-from) is not trained again: the plain loop is deterministic."""
-    rows = (case.folder, len(train), len(test))
+    rows = (case.folder, *row_counts(case, vars(args)))
     grid: dict[tuple[float, int], list[float]] = {}
     for lr in args.grid_lrs:
         for epochs in args.grid_epochs:
@@ -201,19 +204,13 @@ def plain_grid(case: Case, train: list[Any], test: list[Any], args: argparse.Nam
     return grid
 
 
-def known_grid(path: str | None, args: argparse.Namespace) -> Known:
+def known_grid(path: str | None) -> Known:
     """Grid points of an earlier run's results file, by the rows they were scored on."""
     if not path:
         return {}
     earlier = json.loads(Path(path).read_text())
-    known: Known = {}
-    for name, r in earlier["cases"].items():
-        case, options = CASES[name], earlier["args"]
-        rows = r.get("rows", case.rows or options["rows"])
-        test_rows = r.get("test_rows", case.test_rows or options["test_rows"])
-        for point, scores in r["grid"].items():
-            known[case.folder, rows, test_rows, point] = scores
-    return known
+    return {(CASES[name].folder, *row_counts(CASES[name], earlier["args"]), point): scores
+            for name, r in earlier["cases"].items() for point, scores in r["grid"].items()}
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -270,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                                             "same rows are reused instead of trained again")
     parser.add_argument("--url", help="use this running service instead of starting one")
     args = parser.parse_args(argv)
-    known = known_grid(args.grid_from, args)
+    known = known_grid(args.grid_from)
     results = {name: run_case(name, args, known) for name in args.cases.split(",")}
     print(f"\n(median of {args.seeds} seed(s); score = accuracy, or entity F1 for conll)")
     print(summary(results))

@@ -80,7 +80,7 @@ class DataProfile:
     # The base model's parameter count; None where it cannot be read without loading it.
     parameters: int | None = None
     # Tokens in the training rows' 99th-percentile row, special tokens included; None for
-    # tasks that never cut rows (see TaskAdapter.truncates_rows).
+    # tasks that never cut rows (see TaskAdapter.row_inputs).
     long_row_tokens: int | None = None
     # The longest input the base model takes (max_position_embeddings), where known.
     max_positions: int | None = None
@@ -115,6 +115,11 @@ class Hyperparameters:
 def _given(raw: dict[str, Any], key: str) -> Any:
     value = raw.get(key)
     return None if value in (None, "auto") else value
+
+
+def _given_or(raw: dict[str, Any], key: str, default: Any) -> Any:
+    value = _given(raw, key)
+    return default if value is None else value
 
 
 def _size(parameters: int | None) -> str:
@@ -219,12 +224,9 @@ def resolve(raw: dict[str, Any], profile: DataProfile | int) -> Hyperparameters:
         learning_rate_multiplier=multiplier,
         max_length=int(chosen(_given(raw, "max_length"),
                               auto_max_length(profile.long_row_tokens, profile.max_positions))),
-        warmup_ratio=float(_given(raw, "warmup_ratio") if raw.get("warmup_ratio") is not None
-                           else 0.06),
-        weight_decay=float(_given(raw, "weight_decay") if raw.get("weight_decay") is not None
-                           else 0.01),
-        max_grad_norm=float(_given(raw, "max_grad_norm") if raw.get("max_grad_norm") is not None
-                            else MAX_GRAD_NORM),
+        warmup_ratio=float(_given_or(raw, "warmup_ratio", 0.06)),
+        weight_decay=float(_given_or(raw, "weight_decay", 0.01)),
+        max_grad_norm=float(_given_or(raw, "max_grad_norm", MAX_GRAD_NORM)),
         gradient_accumulation_steps=accumulation,
         eval_steps=int(eval_steps),
         early_stopping_patience=int(patience),

@@ -462,11 +462,12 @@ def data_profile(task: TaskAdapter, rows: Sequence[Row], base_model: str) -> Dat
     """What the automatic hyperparameters look at: the row count, the base model's size and
     input limit, and (for tasks that cut long rows) how long the rows are in its tokens."""
     long_rows = None
-    if task.truncates_rows and rows:
-        # Evenly spaced rows, at most PROFILE_ROWS: a percentile needs no more.
-        sample = [rows[i] for i in range(0, len(rows), math.ceil(len(rows) / PROFILE_ROWS))]
+    # Evenly spaced rows, at most PROFILE_ROWS: a percentile needs no more.
+    step = math.ceil(len(rows) / PROFILE_ROWS)
+    inputs = [task.row_inputs(rows[i]) for i in range(0, len(rows), step)]
+    if inputs and inputs[0] is not None:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
-        texts, pairs = zip(*(task.row_inputs(row) for row in sample), strict=True)
+        texts, pairs = zip(*inputs, strict=True)
         encoded = tokenizer(list(texts), list(pairs) if pairs[0] is not None else None)
         lengths = sorted(len(ids) for ids in encoded["input_ids"])
         long_rows = lengths[min(len(lengths) - 1, math.ceil(0.99 * len(lengths)) - 1)]

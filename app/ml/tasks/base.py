@@ -92,14 +92,11 @@ class TaskAdapter(ABC):
     @abstractmethod
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any: ...
 
-    # Whether `max_length` cuts rows short (classification truncates; token classification
-    # windows long sentences and language modelling packs blocks, so neither loses text).
-    truncates_rows = False
-
-    def row_inputs(self, row: Row) -> tuple[str, str | None]:
-        """The text (and pair) a row is tokenized from, for measuring row lengths; only
-        tasks that truncate rows need it."""
-        raise NotImplementedError
+    def row_inputs(self, row: Row) -> tuple[str, str | None] | None:
+        """The text (and pair) a row is tokenized from, for measuring how long rows are, in a
+        task whose `max_length` cuts rows short; None where it never does (token
+        classification windows long sentences, language modelling packs blocks)."""
+        return None
 
     @abstractmethod
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:

@@ -112,9 +112,7 @@ class TextClassification(TaskAdapter):
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any:
         return DataCollatorWithPadding(tokenizer)
 
-    truncates_rows = True
-
-    def row_inputs(self, row: Row) -> tuple[str, str | None]:
+    def row_inputs(self, row: Row) -> tuple[str, str | None] | None:
         return row["text"], row.get("text_pair")
 
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:

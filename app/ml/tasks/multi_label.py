@@ -154,9 +154,7 @@ class MultiLabelClassification(TaskAdapter):
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any:
         return DataCollatorWithPadding(tokenizer)
 
-    truncates_rows = True
-
-    def row_inputs(self, row: Row) -> tuple[str, str | None]:
+    def row_inputs(self, row: Row) -> tuple[str, str | None] | None:
         return row["text"], None
 
     def load_model(self, path: str | Path, labels: list[str] | None = None) -> PreTrainedModel:
